@@ -1,0 +1,42 @@
+# The two commands of the README's quick start are `make demo` and `make test`.
+# Both set up the virtualenv first (idempotent: re-run only when pyproject.toml changes).
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# Pinned and installed first: the CPU wheel of this machine. An unpinned torch would pull a
+# multi-GB CUDA build. GPU users: `make setup TORCH=torch` after installing CUDA torch.
+TORCH  ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+export RAY_AUTH_MODE ?= disabled
+export RAY_USAGE_STATS_ENABLED ?= 0
+
+.PHONY: setup demo test lint bench pretrain clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[test,plots]"
+	touch $@
+
+demo: setup
+	$(VENV)/bin/prae run configs/demo.yaml
+
+test: setup
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+bench: setup
+	$(PY) bench/backtest_speed.py
+	$(PY) bench/telemetry_overhead.py
+
+pretrain: setup
+	$(PY) -m train.pretrain --out prae/checkpoints/pretrained.pt
+
+clean:
+	rm -rf prae_runs .pytest_cache

@@ -1,0 +1,3 @@
+from prae.cli import main
+
+raise SystemExit(main())

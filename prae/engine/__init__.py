@@ -1,0 +1,1 @@
+"""Engine: the run loop and the thin Ray actors around the plain classes."""

@@ -1,0 +1,191 @@
+"""Thin Ray actors around the plain classes. Each method is a few lines that delegate.
+
+- ``WorkloadHost``       runs one WorkloadProcess (live or shadow) and samples it on a thread.
+- ``WorkloadSupervisor`` owns a workload's live host and its shadow host, the shadow on
+                         separate resources (its own placement-group bundle or a custom
+                         resource); a failing or hanging shadow never touches the live one.
+- ``AllocatorActor``     hosts the ReservationBroker (the one owner of request_resources).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from prae.config import AllocatorSpec, WorkloadSpec
+from prae.engine.broker import ReservationBroker
+from prae.engine.ray_backends import RayCapacityFloor, RayPlacementBackend
+from prae.policy.requests import ResourceRequest
+from prae.telemetry.sample import TelemetrySample
+from prae.workloads.process import WorkloadProcess
+
+log = logging.getLogger(__name__)
+
+
+@ray.remote(num_cpus=0, max_restarts=0)
+class WorkloadHost:
+    """Samples one workload process every ``interval_s`` and buffers the samples."""
+
+    def __init__(self, spec: WorkloadSpec, role: str, workdir: str, seed: int, interval_s: float) -> None:
+        self.proc = WorkloadProcess(spec, role, workdir, seed=seed)  # type: ignore[arg-type]
+        self.interval_s = interval_s
+        self.samples: list[TelemetrySample] = []
+        self.lock = threading.Lock()
+        self.stopped = threading.Event()
+        self.error: str | None = None
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> int | None:
+        self.proc.start()
+        self.thread = threading.Thread(target=self._sample_loop, name="prae-sampler", daemon=True)
+        self.thread.start()
+        return self.proc.pid
+
+    def _sample_loop(self) -> None:
+        next_at = time.monotonic()
+        while not self.stopped.is_set():
+            try:
+                sample = self.proc.sample()
+                with self.lock:
+                    self.samples.append(sample)
+            except Exception as exc:  # a vanished process between checks: the exit code tells
+                self.error = repr(exc)
+            if self.proc.exit_code() is not None:
+                return
+            next_at += self.interval_s
+            self.stopped.wait(max(0.0, next_at - time.monotonic()))
+
+    def drain(self) -> dict[str, Any]:
+        with self.lock:
+            samples, self.samples = self.samples, []
+        code = self.proc.exit_code()
+        return {
+            "samples": samples,
+            "exit_code": code,
+            "result": self.proc.result() if code is not None else None,
+            "cost_cpu_seconds": self.proc.cost_cpu_seconds,
+            "error": self.error,
+        }
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.proc.stop()
+
+
+@ray.remote(num_cpus=0, max_restarts=0)
+class WorkloadSupervisor:
+    def __init__(self, spec: WorkloadSpec, workdir: str, seed: int, interval_s: float, pg_prefix: str) -> None:
+        self.spec = spec
+        self.shadow_pg = None
+        self.shadow_started_at: float | None = None
+        self.shadow_note: str | None = None
+        self.last_shadow_cost = 0.0
+        live_cpu = spec.resources.cpu or 1.0
+        live_opts: dict[str, Any] = {"num_cpus": live_cpu, "name": f"{pg_prefix}live-{spec.name}"}
+        if spec.resources.mem:
+            live_opts["memory"] = spec.resources.mem
+        self.live = WorkloadHost.options(**live_opts).remote(spec, "live", f"{workdir}/live", seed, interval_s)
+        self.shadow = None
+        if spec.shadow.mode != "none":
+            self.shadow = self._make_shadow_host(workdir, seed, interval_s, pg_prefix)
+
+    def _make_shadow_host(self, workdir: str, seed: int, interval_s: float, pg_prefix: str) -> Any:
+        sh = self.spec.shadow
+        opts: dict[str, Any] = {"num_cpus": sh.resources.cpu or 0.5, "name": f"{pg_prefix}shadow-{self.spec.name}"}
+        if sh.custom_resource:
+            # A node pool for shadows (e.g. nodes started with resources={"shadow": N}).
+            opts["resources"] = {sh.custom_resource: 0.01}
+        else:
+            # Its own bundle: the shadow can never take the CPU the live workload is using.
+            bundle: dict[str, float] = {"CPU": opts["num_cpus"]}
+            if sh.resources.mem:
+                bundle["memory"] = float(sh.resources.mem)
+            self.shadow_pg = placement_group([bundle], name=f"{pg_prefix}shadow-pg-{self.spec.name}")
+            opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(self.shadow_pg, 0)
+        return WorkloadHost.options(**opts).remote(self.spec, "shadow", f"{workdir}/shadow", seed, interval_s)
+
+    def start(self) -> dict[str, Any]:
+        # The shadow starts with the live run so it gets ahead of it on its smaller data.
+        refs = {"live": self.live.start.remote()}
+        if self.shadow is not None:
+            refs["shadow"] = self.shadow.start.remote()
+            self.shadow_started_at = time.time()
+        out: dict[str, Any] = {"live_pid": ray.get(refs["live"])}
+        if "shadow" in refs:
+            try:
+                out["shadow_pid"] = ray.get(refs["shadow"], timeout=60)
+            except Exception as exc:  # the live run goes on without a shadow
+                self.shadow_note = f"shadow failed to start: {exc!r}"
+                self._drop_shadow()
+        return out
+
+    def poll(self) -> dict[str, Any]:
+        live = ray.get(self.live.drain.remote())
+        shadow: dict[str, Any] = {"samples": [], "exit_code": None, "error": self.shadow_note, "cost_cpu_seconds": 0.0}
+        if self.shadow is not None:
+            timeout = self.spec.shadow.timeout_s
+            if timeout and self.shadow_started_at and time.time() - self.shadow_started_at > timeout:
+                self.shadow_note = f"shadow stopped after its timeout_s={timeout:g}"
+                self._drop_shadow()
+            else:
+                try:
+                    shadow = ray.get(self.shadow.drain.remote(), timeout=10)
+                    self.last_shadow_cost = shadow.get("cost_cpu_seconds", 0.0)
+                except Exception as exc:  # a dead shadow host: note it, keep supervising the live run
+                    self.shadow_note = f"shadow host lost: {exc!r}"
+                    self._drop_shadow()
+        if self.shadow is None:
+            shadow["error"] = self.shadow_note
+            shadow["cost_cpu_seconds"] = self.last_shadow_cost
+        return {"live": live, "shadow": shadow}
+
+    def _drop_shadow(self) -> None:
+        if self.shadow is not None:
+            with contextlib.suppress(Exception):
+                ray.get(self.shadow.stop.remote(), timeout=10)
+            ray.kill(self.shadow)
+            self.shadow = None
+        if self.shadow_pg is not None:
+            remove_placement_group(self.shadow_pg)
+            self.shadow_pg = None
+
+    def stop(self) -> None:
+        self._drop_shadow()
+        try:
+            ray.get(self.live.stop.remote(), timeout=15)
+        finally:
+            ray.kill(self.live)
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)
+class AllocatorActor:
+    """Named and restartable: a restarted allocator removes the groups its predecessor left."""
+
+    def __init__(self, spec: AllocatorSpec, prefix: str, own_floor: bool = True) -> None:
+        self.broker = ReservationBroker(
+            RayPlacementBackend(), RayCapacityFloor() if own_floor else None, prefix, spec.max_pending_pgs
+        )
+
+    def apply(self, requests: Sequence[ResourceRequest], now: float) -> dict[str, tuple[float, float]]:
+        self.broker.apply(requests, now)
+        return {w: self.broker.ready_amount(w) for w in self.broker.active}
+
+    def release(self, workload: str, now: float) -> None:
+        self.broker.release(workload, now)
+
+    def release_all(self, now: float) -> None:
+        self.broker.release_all(now)
+
+    def records(self) -> list[dict[str, Any]]:
+        return self.broker.records()
+
+    def leaked_removed(self) -> int:
+        return self.broker.leaked_removed

@@ -1,0 +1,275 @@
+"""The PRAE loop (CONCEPT.md's pseudocode), one tick at a time, over small ports.
+
+Each tick, in order:
+    1. poll      telemetry of every live workload and its shadow          (TelemetrySource)
+    2. resolve   forecasts whose target time has now been observed         (trackers -> store)
+    3. forecast  one vectorised request for all running workloads          (Forecaster)
+    4. allocate  plan requests by confidence, realise them as reservations (policy -> Allocator)
+    5. release   what finished workloads held
+    6. learn     retrain from the store in the background; hot-swap when done (Retrainer)
+    7. flush     the feedback store, every few ticks
+
+The ports are Protocols: Ray implements them in :mod:`prae.engine.ray_ports`, tests with fakes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from prae.config import PraeConfig
+from prae.engine.tracker import PendingForecast, RoleStatus, WorkloadTracker, telemetry_rows
+from prae.policy.requests import (
+    Interval,
+    ResourceRequest,
+    WorkloadForecast,
+    WorkloadPolicy,
+    plan_requests,
+)
+from prae.resources import QUANTILES, RESOURCES
+from prae.store.feedback import FeedbackStore
+from prae.telemetry.sample import TelemetrySample
+
+log = logging.getLogger(__name__)
+
+CPU, MEM = RESOURCES.index("cpu"), RESOURCES.index("mem")
+
+
+# ----------------------------------------------------------------------------- ports
+
+
+@dataclass
+class Polled:
+    """What one workload's supervisor reported since the last poll."""
+
+    live: list[TelemetrySample] = field(default_factory=list)
+    shadow: list[TelemetrySample] = field(default_factory=list)
+    live_status: RoleStatus = field(default_factory=RoleStatus)
+    shadow_status: RoleStatus = field(default_factory=RoleStatus)
+
+
+class TelemetrySource(Protocol):
+    def poll(self) -> Mapping[str, Polled]: ...
+    def stop(self, workload: str | None = None) -> None: ...
+
+
+@dataclass(frozen=True)
+class ForecastBatch:
+    quantiles: np.ndarray  # (B, H, R, Q) raw units
+    source: str  # "model" or "fallback"
+    version: str
+
+
+class Forecaster(Protocol):
+    horizon_steps: int
+
+    def forecast(self, live: np.ndarray, shadow: np.ndarray) -> ForecastBatch: ...
+    def swap(self, checkpoint: str) -> str: ...
+
+
+class Allocator(Protocol):
+    def apply(self, requests: Sequence[ResourceRequest], now: float) -> dict[str, tuple[float, float]]: ...
+    def release(self, workload: str, now: float) -> None: ...
+    def release_all(self, now: float) -> None: ...
+    def records(self) -> list[dict[str, Any]]: ...
+
+
+class Retrainer(Protocol):
+    def start(self, version: int) -> None: ...
+    def poll(self) -> str | None: ...  # a new checkpoint path once a run has finished
+    @property
+    def running(self) -> bool: ...
+
+
+@dataclass
+class SwapEvent:
+    at: float
+    checkpoint: str
+    version_before: str
+    version_after: str
+
+
+# ----------------------------------------------------------------------------- loop
+
+
+class EngineLoop:
+    def __init__(
+        self,
+        config: PraeConfig,
+        telemetry: TelemetrySource,
+        forecaster: Forecaster,
+        allocator: Allocator,
+        store: FeedbackStore,
+        retrainer: Retrainer | None = None,
+        clock: Callable[[], float] = time.time,
+        flush_every: int = 5,
+    ) -> None:
+        self.config = config
+        self.telemetry = telemetry
+        self.forecaster = forecaster
+        self.allocator = allocator
+        self.store = store
+        self.retrainer = retrainer
+        self.clock = clock
+        self.flush_every = flush_every
+        self.trackers = {w.name: WorkloadTracker(w, config.run.interval_s) for w in config.workloads}
+        self.policies = {
+            w.name: WorkloadPolicy(w.profile.priority, w.profile.max_pending_s, w.profile.bounds)
+            for w in config.workloads
+        }
+        self.held: dict[str, tuple[float, float]] = {}
+        self.swaps: list[SwapEvent] = []
+        self.model_version = ""
+        self.ticks = 0
+        self.started_at = clock()
+        self.last_retrain_at = self.started_at
+        self.retrain_runs = 0
+        self.fallback_ticks = 0
+
+    # ------------------------------------------------------------------ the tick
+
+    def tick(self) -> bool:
+        """Run one tick; returns whether any workload is still running."""
+        now = self.clock()
+        self._poll()
+        self._resolve()
+        self._forecast_and_allocate(now)
+        self._release_finished(now)
+        self._learn(now)
+        self.ticks += 1
+        if self.ticks % self.flush_every == 0:
+            self.store.flush()
+        return any(not t.finished for t in self.trackers.values())
+
+    def _poll(self) -> None:
+        for name, polled in self.telemetry.poll().items():
+            tr = self.trackers[name]
+            tr.live.extend(polled.live)
+            tr.shadow.extend(polled.shadow)
+            tr.live_status, tr.shadow_status = polled.live_status, polled.shadow_status
+            rows = telemetry_rows("live", polled.live) + telemetry_rows("shadow", polled.shadow)
+            if rows:
+                self.store.append("telemetry", name, rows)
+
+    def _reserved(self, name: str) -> dict[str, float]:
+        cpu, mem = self.held.get(name, (0.0, 0.0))
+        return {"cpu": cpu, "mem": mem}
+
+    def _resolve(self, final: bool = False) -> None:
+        for name, tr in self.trackers.items():
+            rows = tr.resolve(self._reserved(name), final=final)
+            if rows:
+                self.store.append("forecasts", name, rows)
+
+    def _forecast_and_allocate(self, now: float) -> None:
+        running = [t for t in self.trackers.values() if t.ready_to_forecast()]
+        if not running:
+            return
+        run = self.config.run
+        windows = [t.window(run.window_steps, run.horizon_steps) for t in running]
+        live = np.stack([w[0] for w in windows]).astype(np.float32)
+        shadow = np.stack([w[1] for w in windows]).astype(np.float32)
+        batch = self.forecaster.forecast(live, shadow)
+        if batch.source != "model":
+            self.fallback_ticks += 1
+        self.model_version = batch.version if batch.source == "model" else self.model_version
+        h = min(run.horizon_steps, batch.quantiles.shape[1]) - 1
+        lead_s = (h + 1) * run.interval_s
+        forecasts = []
+        for i, tr in enumerate(running):
+            raw = np.asarray(batch.quantiles[i, h], dtype=float)  # (R, Q)
+            cal = tr.calibrator.adjust(raw)
+            issued_at = tr.live.ts[-1]
+            tr.add_forecast(
+                PendingForecast(issued_at, issued_at + lead_s, cal, raw, batch.source, batch.version, windows[i][2])
+            )
+            forecasts.append(self._workload_forecast(tr, cal, issued_at, lead_s, windows[i][2], batch.source != "model"))
+        requests = plan_requests(forecasts, self.policies, self.held, self.config.allocator)
+        self.held = dict(self.allocator.apply(requests, now))
+
+    def _workload_forecast(
+        self, tr: WorkloadTracker, q: np.ndarray, issued_at: float, lead_s: float, shadow_used: bool, fallback: bool
+    ) -> WorkloadForecast:
+        iq = {lvl: j for j, lvl in enumerate(QUANTILES)}
+        rq = iq[self.config.allocator.reserve_quantile]
+        now_vals = tr.live.values[-1]
+
+        def interval(r: int) -> Interval:
+            return Interval(low=float(q[r, iq[0.1]]), median=float(q[r, iq[0.5]]), high=float(q[r, iq[0.9]]))
+
+        return WorkloadForecast(
+            workload=tr.name,
+            issued_at=issued_at,
+            lead_s=lead_s,
+            cpu=interval(CPU),
+            mem=interval(MEM),
+            cpu_reserve_q=float(q[CPU, rq]),
+            mem_reserve_q=float(q[MEM, rq]),
+            cpu_now=float(now_vals[CPU]),
+            mem_now=float(now_vals[MEM]),
+            shadow_used=shadow_used,
+            from_fallback=fallback,
+        )
+
+    def _release_finished(self, now: float) -> None:
+        for name, tr in self.trackers.items():
+            if tr.finished and not tr.released:
+                self.allocator.release(name, now)
+                self.held.pop(name, None)
+                self.telemetry.stop(name)
+                tr.released = True
+
+    def _learn(self, now: float) -> None:
+        spec = self.config.retrain
+        if self.retrainer is None or not spec.enabled:
+            return
+        new_ckpt = self.retrainer.poll()
+        if new_ckpt is not None:
+            before = self.model_version
+            after = self.forecaster.swap(new_ckpt)
+            self.model_version = after
+            self.swaps.append(SwapEvent(now, new_ckpt, before, after))
+            log.info("hot-swapped predictor %s -> %s (%s)", before, after, new_ckpt)
+        if not self.retrainer.running and now - self.last_retrain_at >= spec.every_s:
+            self.store.flush()  # the run reads the store: give it everything so far
+            self.last_retrain_at = now
+            self.retrain_runs += 1
+            self.retrainer.start(self.retrain_runs)
+
+    # ------------------------------------------------------------------ whole run
+
+    def run(self, duration_s: float | None = None, sleep: Callable[[float], None] = time.sleep) -> None:
+        """Tick every interval until the workloads finish or ``duration_s`` has passed."""
+        interval = self.config.run.interval_s
+        deadline = None if duration_s is None else self.started_at + duration_s
+        try:
+            while True:
+                t0 = self.clock()
+                if not self.tick():
+                    break
+                if deadline is not None and self.clock() >= deadline:
+                    log.info("duration reached; stopping the workloads")
+                    break
+                sleep(max(0.0, interval - (self.clock() - t0)))
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        now = self.clock()
+        self.telemetry.stop(None)
+        self._poll_quietly()
+        self._resolve(final=True)
+        self.allocator.release_all(now)
+        self.held.clear()
+        self.store.flush()
+
+    def _poll_quietly(self) -> None:
+        try:
+            self._poll()
+        except Exception as exc:  # a dead supervisor must not lose the rows we already have
+            log.warning("final telemetry poll failed: %s", exc)

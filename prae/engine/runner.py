@@ -1,0 +1,127 @@
+"""``prae run``: connect to (or embed) Ray, start the pieces, run the loop, report.
+
+Under ``ray job submit`` the driver finds the cluster through ``RAY_ADDRESS``; on its own it
+starts an embedded local Ray (``address="local"``, never a cluster someone left running).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from prae.config import PraeConfig
+from prae.engine.loop import EngineLoop
+from prae.engine.ray_ports import RayAllocator, RayRetrainer, RayTelemetrySource, ServeForecaster
+from prae.engine.summary import RunSummary, format_table, summarise_workload
+from prae.store.feedback import FeedbackStore
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "prae"
+
+
+def init_ray(config: PraeConfig, address: str | None = None, dashboard: bool = True) -> bool:
+    """Connect or embed. Returns True when this call started Ray (and so must stop it)."""
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, namespace=NAMESPACE, log_to_driver=False)
+        return True
+    ray.init(
+        address="local",
+        namespace=NAMESPACE,
+        num_cpus=config.run.ray_num_cpus,
+        include_dashboard=dashboard,
+        log_to_driver=False,
+        object_store_memory=300 * 1024**2,
+    )
+    return True
+
+
+def with_overrides(config: PraeConfig, *, store_dir: str | None = None, observe_only: bool = False) -> PraeConfig:
+    if store_dir:
+        config = dataclasses.replace(config, run=dataclasses.replace(config.run, store_dir=store_dir))
+    if observe_only:
+        config = dataclasses.replace(config, allocator=dataclasses.replace(config.allocator, enabled=False))
+    return config
+
+
+def run(config: PraeConfig, duration_s: float | None = None, keep_serving: bool = False) -> RunSummary:
+    """Run the loop on the current Ray cluster (``init_ray`` first) and return its summary."""
+    from ray import serve
+
+    from serve_apps.predictor_app import APP_NAME
+
+    run_dir = Path(config.run.store_dir).resolve().parent
+    store_root = Path(config.run.store_dir).resolve()
+    # One prefix names every actor and placement group of this run: easy to audit, and a
+    # restarted run finds (and removes) what a crashed one left behind.
+    prefix = f"prae-{config.run.name}-"
+    store = FeedbackStore(store_root)
+    forecaster = ServeForecaster(config.predictor, config.run.horizon_steps)
+    allocator = RayAllocator(config, prefix)
+    retrainer = RayRetrainer(config, store_root, run_dir / "models", config.predictor.checkpoint)
+    telemetry = RayTelemetrySource(config, run_dir / "work", prefix)
+    loop = EngineLoop(config, telemetry, forecaster, allocator, store, retrainer)
+    t0 = time.time()
+    try:
+        loop.run(duration_s if duration_s is not None else config.run.duration_s)
+    finally:
+        telemetry.kill()
+        if not keep_serving:
+            serve.delete(APP_NAME)
+    summary = build_summary(loop, store, allocator.records(), forecaster.replica_ids, time.time() - t0, retrainer)
+    (run_dir / "summary.json").write_text(summary.to_json())
+    return summary
+
+
+def build_summary(
+    loop: EngineLoop,
+    store: FeedbackStore,
+    records: list[dict[str, Any]],
+    replicas: set[str],
+    seconds: float,
+    retrainer: RayRetrainer | None = None,
+) -> RunSummary:
+    forecasts = store.read("forecasts")
+    wl_col = forecasts.column("workload").to_numpy(zero_copy_only=False) if forecasts.num_rows else None
+    out = []
+    for name, tr in loop.trackers.items():
+        rows = forecasts.filter(wl_col == name) if wl_col is not None else forecasts
+        out.append(
+            summarise_workload(
+                name,
+                rows,
+                [r for r in records if r["workload"] == name],
+                tr.live_status.exit_code,
+                tr.live_status.cost_cpu_seconds,
+                tr.shadow_status.cost_cpu_seconds,
+                tr.shadow_status.error,
+            )
+        )
+    versions = tuple(dict.fromkeys([s.version_before for s in loop.swaps] + [s.version_after for s in loop.swaps]))
+    return RunSummary(
+        workloads=tuple(out),
+        hot_swaps=len(loop.swaps),
+        model_versions=versions or ((loop.model_version,) if loop.model_version else ()),
+        predictor_replicas=len(replicas),
+        extra={
+            "seconds": round(seconds, 1),
+            "ticks": loop.ticks,
+            "fallback_ticks": loop.fallback_ticks,
+            "retrain_runs": loop.retrain_runs,
+            "retrain_results": retrainer.results if retrainer else [],
+            "store": str(store.root),
+        },
+    )
+
+
+def print_summary(summary: RunSummary) -> None:
+    print(format_table(summary), flush=True)

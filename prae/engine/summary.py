@@ -1,0 +1,137 @@
+"""The end-of-run report, computed from the feedback store (the source of truth), not memory.
+
+Per workload: forecast error (WAPE of the median), 80 % interval coverage, reserved vs.
+used, and how many reservations were in place before the demand they were made for.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from prae.resources import RESOURCES
+
+
+@dataclass(frozen=True)
+class WorkloadSummary:
+    workload: str
+    exit_code: int | None
+    forecasts: int  # resolved (workload, target) forecasts
+    wape: Mapping[str, float]  # resource -> sum|q0.5 - actual| / sum|actual|
+    coverage80: Mapping[str, float]  # resource -> share of actuals inside [q0.1, q0.9]
+    reserved_cpu: float  # mean cores held at target times
+    used_cpu: float  # mean cores used at target times
+    reserved_mem: float
+    used_mem: float
+    reservations: int
+    in_place_before_need: int
+    fallback_share: float  # forecasts made by the rule because Serve did not answer
+    shadow_cost_ratio: float  # shadow CPU-seconds / live CPU-seconds
+    shadow_error: str | None = None
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    workloads: tuple[WorkloadSummary, ...]
+    hot_swaps: int
+    model_versions: tuple[str, ...]
+    predictor_replicas: int
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, default=_json_default)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    return str(o)
+
+
+def _col(table: pa.Table, name: str) -> np.ndarray:
+    return table.column(name).to_numpy(zero_copy_only=False)
+
+
+def summarise_workload(
+    workload: str,
+    forecasts: pa.Table,
+    reservations: Sequence[Mapping[str, Any]],
+    exit_code: int | None,
+    live_cost: float,
+    shadow_cost: float,
+    shadow_error: str | None = None,
+) -> WorkloadSummary:
+    """``forecasts``: this workload's rows of the store's forecasts table."""
+    wape, cov = {}, {}
+    resource = _col(forecasts, "resource") if forecasts.num_rows else np.array([])
+    actual_all = _col(forecasts, "actual").astype(float) if forecasts.num_rows else np.array([])
+    means: dict[str, tuple[float, float]] = {}
+    n_resolved = 0
+    for res in RESOURCES:
+        m = (resource == res) & np.isfinite(actual_all)
+        a = actual_all[m]
+        med = _col(forecasts, "q0.5").astype(float)[m] if forecasts.num_rows else a
+        lo = _col(forecasts, "q0.1").astype(float)[m] if forecasts.num_rows else a
+        hi = _col(forecasts, "q0.9").astype(float)[m] if forecasts.num_rows else a
+        denom = np.abs(a).sum()
+        wape[res] = float(np.abs(med - a).sum() / denom) if denom > 0 else math.nan
+        cov[res] = float(((a >= lo) & (a <= hi)).mean()) if len(a) else math.nan
+        n_resolved = max(n_resolved, int(m.sum()))
+        if res in ("cpu", "mem") and len(a):
+            reserved = _col(forecasts, "reserved").astype(float)[m]
+            means[res] = (float(np.nan_to_num(reserved).mean()), float(a.mean()))
+    sources = _col(forecasts, "source") if forecasts.num_rows else np.array([])
+    return WorkloadSummary(
+        workload=workload,
+        exit_code=exit_code,
+        forecasts=n_resolved,
+        wape=wape,
+        coverage80=cov,
+        reserved_cpu=means.get("cpu", (0.0, 0.0))[0],
+        used_cpu=means.get("cpu", (0.0, 0.0))[1],
+        reserved_mem=means.get("mem", (0.0, 0.0))[0],
+        used_mem=means.get("mem", (0.0, 0.0))[1],
+        reservations=len(reservations),
+        in_place_before_need=sum(1 for r in reservations if r.get("in_place_before_need")),
+        fallback_share=float((sources == "fallback").mean()) if len(sources) else 0.0,
+        shadow_cost_ratio=shadow_cost / live_cost if live_cost > 0 else math.nan,
+        shadow_error=shadow_error,
+    )
+
+
+def format_table(summary: RunSummary) -> str:
+    gib = 1024**3
+    head = (
+        f"{'workload':<16} {'exit':>4} {'fcsts':>5} {'WAPE cpu':>8} {'mem':>6} {'disk':>6} {'net':>6} "
+        f"{'cov80 cpu':>9} {'mem':>5} {'res/used cpu':>13} {'res/used GiB':>13} {'resv':>4} {'early':>5} {'shadow$':>7}"
+    )
+    lines = [head, "-" * len(head)]
+    for w in summary.workloads:
+        def f(x: float, fmt: str = "{:.2f}") -> str:
+            return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else fmt.format(x)
+
+        lines.append(
+            f"{w.workload:<16} {str(w.exit_code):>4} {w.forecasts:>5} {f(w.wape['cpu']):>8} {f(w.wape['mem']):>6} "
+            f"{f(w.wape['disk']):>6} {f(w.wape['net']):>6} {f(w.coverage80['cpu'], '{:.0%}'):>9} "
+            f"{f(w.coverage80['mem'], '{:.0%}'):>5} "
+            f"{f(w.reserved_cpu) + '/' + f(w.used_cpu):>13} "
+            f"{f(w.reserved_mem / gib) + '/' + f(w.used_mem / gib):>13} "
+            f"{w.reservations:>4} {w.in_place_before_need:>5} {f(w.shadow_cost_ratio, '{:.0%}'):>7}"
+        )
+    lines.append(
+        f"hot swaps: {summary.hot_swaps}; model versions: {', '.join(summary.model_versions) or 'n/a'}; "
+        f"predictor replicas seen: {summary.predictor_replicas}"
+    )
+    lines.append(
+        "early = reservations ready before the time they were requested for; "
+        "shadow$ = shadow CPU-seconds / live CPU-seconds"
+    )
+    return "\n".join(lines)

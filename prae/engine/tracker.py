@@ -1,0 +1,164 @@
+"""Per-workload state of the run loop: telemetry history, forecasts awaiting their actual.
+
+Plain Python and numpy: the loop owns one :class:`WorkloadTracker` per workload and
+feeds it what the Ray actors report. Nothing here talks to Ray.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from prae.config import WorkloadSpec
+from prae.model.calibration import ConformalCalibrator
+from prae.resources import QUANTILE_COLUMNS, QUANTILES, RESOURCES
+from prae.telemetry.alignment import align_shadow_by_progress
+from prae.telemetry.sample import TelemetrySample
+
+# Keep enough history for a model window plus alignment look-ups, and no more.
+MAX_HISTORY = 4096
+
+
+@dataclass
+class Series:
+    """One role's telemetry (live or shadow) as parallel lists, oldest first."""
+
+    ts: deque[float] = field(default_factory=lambda: deque(maxlen=MAX_HISTORY))
+    values: deque[np.ndarray] = field(default_factory=lambda: deque(maxlen=MAX_HISTORY))
+    progress: deque[float] = field(default_factory=lambda: deque(maxlen=MAX_HISTORY))
+    total: int = 0  # samples ever seen (the deques forget the oldest)
+
+    def extend(self, samples: Iterable[TelemetrySample]) -> None:
+        for s in samples:
+            self.ts.append(s.ts)
+            self.values.append(s.as_array())
+            self.progress.append(s.progress)
+            self.total += 1
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+    def array(self) -> np.ndarray:
+        return np.stack(self.values) if self.values else np.zeros((0, len(RESOURCES)))
+
+    def nearest(self, ts: float) -> tuple[float, np.ndarray] | None:
+        if not self.ts:
+            return None
+        arr = np.fromiter(self.ts, dtype=float)
+        i = int(np.argmin(np.abs(arr - ts)))
+        return arr[i], self.values[i]
+
+
+@dataclass
+class PendingForecast:
+    issued_at: float
+    target_ts: float
+    quantiles: np.ndarray  # (R, Q) calibrated, raw units
+    raw: np.ndarray  # (R, Q) as the model said it, for the calibrator
+    source: str
+    model_version: str
+    shadow_used: bool
+
+
+@dataclass
+class RoleStatus:
+    exit_code: int | None = None
+    result: dict[str, Any] | None = None
+    cost_cpu_seconds: float = 0.0
+    error: str | None = None
+
+
+class WorkloadTracker:
+    def __init__(self, spec: WorkloadSpec, interval_s: float, calibration_window: int = 200) -> None:
+        self.spec = spec
+        self.interval_s = interval_s
+        self.live = Series()
+        self.shadow = Series()
+        self.live_status = RoleStatus()
+        self.shadow_status = RoleStatus()
+        self.pending: deque[PendingForecast] = deque()
+        self.calibrator = ConformalCalibrator(QUANTILES, window=calibration_window)
+        self.released = False
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def finished(self) -> bool:
+        return self.live_status.exit_code is not None
+
+    def ready_to_forecast(self, min_steps: int = 3) -> bool:
+        return not self.finished and len(self.live) >= min_steps
+
+    # ------------------------------------------------------------------ windows
+
+    def window(self, window_steps: int, lead_steps: int) -> tuple[np.ndarray, np.ndarray, bool]:
+        """(live (T, R), shadow (T, R) all-NaN if none, whether any shadow value is known).
+
+        Left-padded with NaN to ``window_steps``; the shadow rows are what the shadow did at
+        the progress the live run should reach ``lead_steps`` later.
+        """
+        t = window_steps
+        live = self.live.array()[-t:]
+        shadow = np.full_like(live, np.nan)
+        if len(self.shadow) and self.spec.shadow.mode != "none":
+            lp = np.fromiter(self.live.progress, dtype=float)
+            sp = np.fromiter(self.shadow.progress, dtype=float)
+            aligned = align_shadow_by_progress(lp, sp, self.shadow.array(), lead_steps)
+            shadow = aligned[-t:]
+        pad = t - live.shape[0]
+        if pad > 0:
+            filler = np.full((pad, len(RESOURCES)), np.nan)
+            live = np.vstack([filler, live])
+            shadow = np.vstack([filler, shadow])
+        used = bool(np.isfinite(shadow[-1]).any())
+        return live, shadow, used
+
+    # ------------------------------------------------------------------ forecasts
+
+    def add_forecast(self, fc: PendingForecast) -> None:
+        self.pending.append(fc)
+
+    def resolve(self, reserved: Mapping[str, float], *, final: bool = False) -> list[dict[str, Any]]:
+        """Forecast rows whose target time has been observed (or, if ``final``, all of them).
+
+        ``reserved`` maps resource -> what PRAE held when the target time came.
+        The actual is the live sample nearest the target, within half an interval.
+        """
+        rows = []
+        last = self.live.ts[-1] if self.live.ts else -math.inf
+        tolerance = self.interval_s / 2
+        while self.pending and (final or self.pending[0].target_ts <= last + tolerance):
+            fc = self.pending.popleft()
+            near = self.live.nearest(fc.target_ts)
+            actual = None
+            if near is not None and abs(near[0] - fc.target_ts) <= max(tolerance, self.interval_s):
+                actual = near[1]
+                self.calibrator.update(fc.raw, actual)
+            for r, res in enumerate(RESOURCES):
+                row: dict[str, Any] = {
+                    "issued_at": fc.issued_at,
+                    "target_ts": fc.target_ts,
+                    "resource": res,
+                    "actual": None if actual is None else float(actual[r]),
+                    "reserved": reserved.get(res),
+                    "source": fc.source,
+                    "model_version": fc.model_version,
+                    "shadow_used": fc.shadow_used,
+                }
+                row.update({c: float(fc.quantiles[r, j]) for j, c in enumerate(QUANTILE_COLUMNS)})
+                rows.append(row)
+        return rows
+
+
+def telemetry_rows(role: str, samples: Iterable[TelemetrySample]) -> list[dict[str, Any]]:
+    return [
+        {"ts": s.ts, "role": role, "cpu": s.cpu, "mem": s.mem, "disk": s.disk, "net": s.net, "progress": s.progress}
+        for s in samples
+    ]

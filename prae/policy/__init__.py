@@ -1,0 +1,1 @@
+"""Pure decision layer: forecasts -> prioritised resource requests. No Ray import."""

@@ -1,0 +1,113 @@
+"""Config validation: every kind of mistake names the file, the field and the fix."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from prae.config import load_config, parse_config, parse_size
+from prae.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def minimal(**workload):
+    w = {"name": "job", "kind": "etl", **workload}
+    return {"workloads": [w]}
+
+
+def test_demo_config_parses_into_frozen_objects():
+    cfg = load_config(ROOT / "configs" / "demo.yaml")
+    assert 2 <= len(cfg.workloads) <= 3
+    assert len({w.kind for w in cfg.workloads}) >= 2
+    with pytest.raises(AttributeError):
+        cfg.run.interval_s = 5  # type: ignore[misc]
+    assert cfg.lead_s == cfg.run.horizon_steps * cfg.run.interval_s
+
+
+def test_defaults_fill_a_minimal_config():
+    cfg = parse_config(minimal(), "mem.yaml")
+    w = cfg.workloads[0]
+    assert w.shadow.mode == "sample" and w.shadow.fraction == 0.05
+    assert w.profile.bounds.cpu_max == math.inf
+    assert cfg.allocator.reserve_quantile == 0.9
+
+
+@pytest.mark.parametrize(
+    ("data", "field", "words"),
+    [
+        ({}, "workloads", "add 'workloads:'"),
+        ({"workloads": []}, "workloads", "at least one"),
+        ({"workloads": "etl"}, "workloads", "must be a list"),
+        (minimal(kind="spark"), "workloads[0].kind", "one of"),
+        ({"workloads": [{"kind": "etl"}]}, "workloads[0].name", "is missing"),
+        (minimal(name="a b"), "workloads[0].name", "letters, digits"),
+        (minimal(kind="python"), "workloads[0].entrypoint", "module:function"),
+        (minimal(kind="python", entrypoint="not a function"), "workloads[0].entrypoint", "module:function"),
+        (minimal(kind="command"), "workloads[0].entrypoint", "command to run"),
+        (minimal(entrypoint="x:y"), "workloads[0].entrypoint", "takes no entrypoint"),
+        (minimal(resources={"cpu": -1}), "workloads[0].resources.cpu", "> 0"),
+        (minimal(resources={"cpu": "two"}), "workloads[0].resources.cpu", "must be a number"),
+        (minimal(resources={"memory": "-1GiB"}), "workloads[0].resources.memory", "non-negative"),
+        (minimal(resources={"memory": "lots"}), "workloads[0].resources.memory", "512MiB"),
+        (minimal(shadow={"fraction": 0}), "workloads[0].shadow.fraction", "> 0"),
+        (minimal(shadow={"fraction": 1.5}), "workloads[0].shadow.fraction", "<= 1"),
+        (minimal(shadow={"mode": "clone"}), "workloads[0].shadow.mode", "sample, mirror, simulate, none"),
+        (minimal(profile={"bounds": {"cpu": [4, 1]}}), "workloads[0].profile.bounds.cpu", "swap"),
+        (minimal(profile={"bounds": {"cpu": 3}}), "workloads[0].profile.bounds.cpu", "[min, max]"),
+        (
+            minimal(profile={"phases": [{"progress_end": 0.5}, {"progress_end": 0.4}]}),
+            "workloads[0].profile.phases[1].progress_end",
+            "order phases",
+        ),
+        (minimal(profile={"priority": 1.5}), "workloads[0].profile.priority", "whole number"),
+        (minimal(params=[1, 2]), "workloads[0].params", "mapping"),
+        (minimal(sahdow={"mode": "none"}), "workloads[0].sahdow", "unknown key"),
+        ({**minimal(), "run": {"interval_s": 0}}, "run.interval_s", ">= 0.05"),
+        ({**minimal(), "run": {"window_steps": 2}}, "run.window_steps", ">= 4"),
+        ({**minimal(), "run": {"horizon_steps": 1.5}}, "run.horizon_steps", "whole number"),
+        ({**minimal(), "allocator": {"reserve_quantile": 0.8}}, "allocator.reserve_quantile", "forecast quantile"),
+        ({**minimal(), "allocator": {"enabled": "yes"}}, "allocator.enabled", "true or false"),
+        ({**minimal(), "retrain": {"num_workers": 4}}, "retrain.num_workers", "<= 1"),
+        ({**minimal(), "predictor": {"num_replicas": 0}}, "predictor.num_replicas", ">= 1"),
+        ({"workloads": [{"name": "a", "kind": "etl"}, {"name": "a", "kind": "train"}]}, "workloads[1].name", "twice"),
+        ([1, 2], "<root>", "mapping"),
+    ],
+)
+def test_each_mistake_names_field_and_fix(data, field, words):
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, "bad.yaml")
+    err = info.value
+    assert err.source == "bad.yaml"
+    assert err.field == field
+    assert words in str(err)
+    assert "Fix:" in str(err)
+
+
+def test_broken_yaml_names_line(tmp_path):
+    p = tmp_path / "broken.yaml"
+    p.write_text("workloads:\n  - name: a\n    kind: [etl\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(p)
+    assert str(p) in str(info.value) and "line" in str(info.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [(0, 0), (123, 123), ("512MiB", 512 * 1024**2), ("1.5GB", 1_500_000_000), ("2 GiB", 2 * 1024**3), ("10k", 10_000)],
+)
+def test_parse_size(text, expected):
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("bad", ["-5", -5, "5 parsecs", True, float("inf"), None])
+def test_parse_size_rejects(bad):
+    with pytest.raises(ValueError):
+        parse_size(bad)

@@ -1,0 +1,81 @@
+"""The feedback store: partitioned, crash-safe, readable by pyarrow and DuckDB, never loses data."""
+
+from __future__ import annotations
+
+import pyarrow.dataset as ds
+import pytest
+
+from prae.errors import CorruptStoreFileError, StoreError
+from prae.store.feedback import FeedbackStore
+
+
+def tel(ts, cpu=1.0):
+    return {"ts": ts, "role": "live", "cpu": cpu, "mem": 1e6, "disk": 0.0, "net": 0.0, "progress": 0.1}
+
+
+def test_append_flush_read_partitioned(tmp_path):
+    store = FeedbackStore(tmp_path)
+    store.append("telemetry", "a", [tel(1), tel(2)])
+    store.append("telemetry", "b", [tel(3)])
+    assert store.read("telemetry").num_rows == 0  # buffered, not yet on disk
+    assert store.flush() == 3
+    t = store.read("telemetry")
+    assert t.num_rows == 3 and sorted(set(t.column("workload").to_pylist())) == ["a", "b"]
+    assert store.read("telemetry", "a").num_rows == 2
+    assert store.workloads() == ["a", "b"]
+    # plain pyarrow with hive partitioning sees the same rows and the partition column
+    dset = ds.dataset(tmp_path / "telemetry", format="parquet", partitioning="hive")
+    assert dset.to_table().num_rows == 3
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_duckdb_reads_store(tmp_path):
+    duckdb = pytest.importorskip("duckdb", reason="duckdb is in the test extra")
+    store = FeedbackStore(tmp_path)
+    store.append("telemetry", "a", [tel(i, cpu=i) for i in range(10)])
+    store.flush()
+    total = duckdb.sql(
+        f"select workload, sum(cpu) from read_parquet('{tmp_path}/telemetry/*/*.parquet', hive_partitioning=true) group by 1"
+    ).fetchall()
+    assert total == [("a", 45.0)]
+
+
+def test_corrupt_file_is_quarantined_not_lost(tmp_path, caplog):
+    store = FeedbackStore(tmp_path)
+    store.append("telemetry", "a", [tel(1)])
+    store.flush()
+    bad = tmp_path / "telemetry" / "workload=a" / "part-0-0-000000.parquet"
+    bad.write_bytes(b"PAR1 this is not parquet")
+    assert store.read("telemetry").num_rows == 1
+    assert "corrupt Parquet file" in caplog.text
+    quarantined = tmp_path / "_quarantine" / "telemetry" / "workload=a" / bad.name
+    assert quarantined.read_bytes().startswith(b"PAR1 this")
+    quarantined.rename(bad)
+    with pytest.raises(CorruptStoreFileError, match="Fix:"):
+        store.read("telemetry", strict=True)
+    assert quarantined.exists()
+
+
+def test_failed_flush_keeps_rows_for_retry(tmp_path, monkeypatch):
+    store = FeedbackStore(tmp_path)
+    store.append("telemetry", "a", [tel(1)])
+
+    def boom(*a, **k):
+        raise StoreError("disk full")
+
+    monkeypatch.setattr(store, "_write", boom)
+    with pytest.raises(StoreError):
+        store.flush()
+    assert store.pending_rows() == 1
+    monkeypatch.undo()
+    assert store.flush() == 1 and store.read("telemetry").num_rows == 1
+
+
+def test_unknown_table_and_unwritable_root(tmp_path):
+    store = FeedbackStore(tmp_path)
+    with pytest.raises(StoreError, match="unknown table"):
+        store.append("nope", "a", [])
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(StoreError, match="Fix:"):
+        FeedbackStore(blocker / "store")

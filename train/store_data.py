@@ -1,0 +1,54 @@
+"""Training windows from the feedback store (no Ray): what retraining learns from.
+
+Each workload's live telemetry becomes one series; its shadow's telemetry, aligned by
+progress exactly as the live loop aligns it (``align_shadow_by_progress``), becomes the
+shadow channel, so the model is trained on the same features it is served.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from prae.model.training import TrainingWindows, concat_windows, windows_from_series
+from prae.resources import RESOURCES
+from prae.store.feedback import FeedbackStore
+from prae.telemetry.alignment import align_shadow_by_progress
+
+
+def series_from_store(store: FeedbackStore) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """workload -> (live values (N, R), live progress (N,), shadow values (S, R), shadow progress (S,))."""
+    table = store.read("telemetry")
+    out: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
+    if table.num_rows == 0:
+        return out
+    cols = {c: table.column(c).to_numpy(zero_copy_only=False) for c in ("ts", "role", "workload", "progress", *RESOURCES)}
+    for wl in sorted(set(cols["workload"])):
+        parts = []
+        for role in ("live", "shadow"):
+            m = (cols["workload"] == wl) & (cols["role"] == role)
+            order = np.argsort(cols["ts"][m], kind="stable")
+            values = np.stack([cols[r][m][order].astype(float) for r in RESOURCES], axis=1)
+            parts.append((values, cols["progress"][m][order].astype(float)))
+        out[str(wl)] = (parts[0][0], parts[0][1], parts[1][0], parts[1][1])
+    return out
+
+
+def windows_from_store(
+    store: FeedbackStore, window_steps: int, horizon_steps: int, lead_steps: int
+) -> tuple[TrainingWindows | None, int]:
+    """All training windows in the store, and the number of live rows they came from.
+
+    ``horizon_steps`` is the model's output horizon; ``lead_steps`` is the alignment lead the
+    live loop uses (``run.horizon_steps``), so training sees the shadow as serving does.
+    """
+    items = []
+    rows = 0
+    for live, live_p, shadow, shadow_p in series_from_store(store).values():
+        rows += len(live)
+        if len(live) < window_steps // 2 + horizon_steps + 1:
+            continue
+        aligned = None
+        if len(shadow):
+            aligned = align_shadow_by_progress(live_p, shadow_p, shadow, lead_steps)
+        items.append(windows_from_series(live, aligned, window_steps, horizon_steps))
+    return (concat_windows(items) if items else None), rows
