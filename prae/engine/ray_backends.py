@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import ray
@@ -28,10 +29,9 @@ class RayPlacementBackend:
         return placement_group_table(handle).get("state") == "CREATED"
 
     def remove(self, handle: PlacementGroup) -> None:
-        try:
+        # Already gone (e.g. removed by a previous owner): nothing left to leak.
+        with contextlib.suppress(Exception):
             remove_placement_group(handle)
-        except Exception:  # already gone (e.g. removed by a previous owner): nothing to leak
-            pass
 
     def list_existing(self, prefix: str) -> list[tuple[str, Any]]:
         found = []
