@@ -18,11 +18,13 @@ from typing import Any
 import numpy as np
 from ray import serve
 
+import prae
 from prae.config import PredictorSpec
 from prae.model.predictor import Predictor
 
 APP_NAME = "prae-predictor"
 DEPLOYMENT_NAME = "PRAEPredictor"
+CODE_VERSION = f"prae-{prae.__version__}"
 
 
 def load_predictor(checkpoint: str, device: str) -> Predictor:
@@ -100,6 +102,12 @@ def build(spec: PredictorSpec, checkpoint: str | None = None) -> serve.Applicati
         num_replicas=spec.num_replicas,
         ray_actor_options=actor_options,
         user_config={"checkpoint": ckpt},
+        # serve.run gives every deployment without a version a random one, which turns a
+        # user_config change into a full replica replacement (serve/_private/client.py).
+        # A fixed code version makes it the lightweight reconfigure the swap relies on,
+        # as a `serve deploy` of an unchanged import path would.
+        version=CODE_VERSION,
+        _internal=True,
     ).bind(checkpoint=spec.checkpoint, use_gpu=spec.use_gpu)
 
 

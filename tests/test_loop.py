@@ -68,6 +68,7 @@ class OracleForecaster:
     """Knows the demand function: forecasts exactly, with a ±10 % interval."""
 
     horizon_steps = 3
+    window_steps = 8
 
     def __init__(self, telemetry: ScriptedTelemetry, fail_at: set[int] | None = None) -> None:
         self.telemetry = telemetry

@@ -34,7 +34,7 @@ def _train_loop(config: dict[str, Any]) -> None:
     base = config["base_checkpoint"]
     predictor = Predictor.builtin(device=device) if base == "builtin" else Predictor.load(base, device=device)
     windows, rows = windows_from_store(
-        FeedbackStore(config["store_root"]), config["window_steps"], predictor.horizon_steps, config["horizon_steps"]
+        FeedbackStore(config["store_root"]), predictor.window_steps, predictor.horizon_steps, config["horizon_steps"]
     )
     metrics: dict[str, float] = {"rows": float(rows), "windows": 0.0}
     if windows is not None:
@@ -91,12 +91,15 @@ def retrain_from_store(
     result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"Ray Train finished without a checkpoint: {result.error!r}")
+    metrics = dict(result.metrics or {})
+    if not metrics.get("windows"):
+        return {"checkpoint": None, "metrics": metrics, "seconds": time.time() - t0, "skipped": "no windows"}
     with result.checkpoint.as_directory() as ckpt_dir:
         Path(out_path).parent.mkdir(parents=True, exist_ok=True)
         tmp = f"{out_path}.tmp"
         shutil.copyfile(os.path.join(ckpt_dir, CHECKPOINT_FILE), tmp)
         os.replace(tmp, out_path)
-    return {"checkpoint": out_path, "metrics": dict(result.metrics or {}), "seconds": time.time() - t0}
+    return {"checkpoint": out_path, "metrics": metrics, "seconds": time.time() - t0}
 
 
 def main(argv: list[str] | None = None) -> int:

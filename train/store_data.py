@@ -45,10 +45,18 @@ def windows_from_store(
     rows = 0
     for live, live_p, shadow, shadow_p in series_from_store(store).values():
         rows += len(live)
-        if len(live) < window_steps // 2 + horizon_steps + 1:
+        if len(live) <= horizon_steps:
             continue
         aligned = None
         if len(shadow):
             aligned = align_shadow_by_progress(live_p, shadow_p, shadow, lead_steps)
-        items.append(windows_from_series(live, aligned, window_steps, horizon_steps))
+        # Live runs are short next to the model's window (a 90 s job at 1 Hz is 90 rows):
+        # left-pad with "missing" so its first minutes train too, exactly as serving pads
+        # a young workload's window.
+        pad = np.full((window_steps - 1, live.shape[1]), np.nan)
+        live = np.vstack([pad, live])
+        aligned = None if aligned is None else np.vstack([pad, aligned])
+        w = windows_from_series(live, aligned, window_steps, horizon_steps)
+        if len(w):
+            items.append(w)
     return (concat_windows(items) if items else None), rows

@@ -2,25 +2,43 @@
 
 Ray keeps no priority among pending placement groups and does not even serve them FIFO
 (ray#21797, ray#47760), so priority lives here: requests wait in *our* queue, ordered by
-:attr:`ResourceRequest.sort_key`, and only the head (``max_pending_pgs`` of them) waits
-inside Ray. Resizes are make-before-break: the new group is created, and the old one is
-removed only once the new one is ready, so a workload never drops to nothing in between.
+:attr:`ResourceRequest.sort_key`, and only the head (``max_pending`` of them) waits
+inside Ray.
 
-The broker is a plain class over two small ports, so it is tested with fakes and hosted
-by a thin Ray actor (:mod:`prae.engine.actors`) in production.
+A workload's reservation is a stack of *slices*, one named, detached placement group
+each. Growing adds a slice for the difference; shrinking removes whole slices, newest
+first, never below the target and never one the workload is using. So a resize never
+drops what a workload holds or kills a task placed in it (removing a placement group
+kills what runs in it), and every bundle keeps its node: make-before-break by design.
+Bundles are the workload's unit (``bundle_cpu``), so a 6-core reservation of 1-core tasks
+is six bundles that spread over 2-core nodes.
+
+Observe-only requests become ``observed`` records, never placement groups: what PRAE
+would have held, reported like what it holds. The broker is also the one owner of the
+autoscaler floor (``request_resources``), re-asserted every step.
+
+A plain class over two small ports, tested with fakes and hosted by a thin Ray actor
+(:mod:`prae.engine.actors`) in production.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from prae.policy.requests import ResourceRequest
 
+EPS = 1e-9
+
 
 class PlacementBackend(Protocol):
+    """Placement groups. Optional extras a backend may have (looked up with getattr):
+    ``in_use(handle) -> bool`` (something runs in the group: never remove it to shrink)
+    and ``bundles(handle) -> list[dict]`` (to adopt a predecessor's groups)."""
+
     def create(self, name: str, bundles: list[dict[str, float]]) -> Any: ...
     def is_ready(self, handle: Any) -> bool: ...
     def remove(self, handle: Any) -> None: ...
@@ -35,6 +53,8 @@ class CapacityFloor(Protocol):
 
 @dataclass
 class Reservation:
+    """One slice: one placement group (or, observe-only, what one would have been)."""
+
     name: str
     workload: str
     cpu: float
@@ -43,20 +63,32 @@ class Reservation:
     needed_at: float
     confidence: float
     reason: str
-    state: str = "queued"  # queued -> pending -> ready -> removed
+    bundles: list[dict[str, float]] = field(default_factory=list)
+    priority: int = 0
+    max_pending_s: float | None = None
+    state: str = "queued"  # queued -> pending -> ready -> removed; or observed -> removed
     created_at: float | None = None  # handed to Ray
     ready_at: float | None = None
     removed_at: float | None = None
+    adopted: bool = False  # found at start-up, left by a previous allocator
     handle: Any = None
 
     @property
     def in_place_before_need(self) -> bool:
         return self.ready_at is not None and self.ready_at <= self.needed_at
 
+    @property
+    def pending_s(self) -> float | None:
+        """How long it waited in Ray (None while still waiting or never handed over)."""
+        if self.created_at is None or self.ready_at is None:
+            return None
+        return self.ready_at - self.created_at
+
     def record(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("handle")
         d["in_place_before_need"] = self.in_place_before_need
+        d["pending_s"] = self.pending_s
         return d
 
 
@@ -69,6 +101,25 @@ def bundle_for(cpu: float, mem: float) -> dict[str, float]:
     return bundle
 
 
+def bundles_for(cpu: float, mem: float, unit_cpu: float = 0.0) -> list[dict[str, float]]:
+    """Bundles of one unit each when the workload has a unit, else one bundle.
+
+    Worked number: 3 cores and 3 GiB of 1-core tasks -> three {CPU: 1, memory: 1 GiB}.
+    A remainder below one unit (rounding noise) becomes a smaller last bundle.
+    """
+    if unit_cpu <= 0 or cpu <= unit_cpu + EPS:
+        b = bundle_for(cpu, mem)
+        return [b] if b else []
+    n_full = int(math.floor(cpu / unit_cpu + EPS))
+    rest = cpu - n_full * unit_cpu
+    sizes = [unit_cpu] * n_full + ([rest] if rest > 1e-6 else [])
+    return [bundle_for(c, mem * c / cpu) for c in sizes]
+
+
+def _total(slices: Sequence[Reservation]) -> tuple[float, float]:
+    return (sum(r.cpu for r in slices), sum(r.mem for r in slices))
+
+
 class ReservationBroker:
     def __init__(
         self,
@@ -76,47 +127,105 @@ class ReservationBroker:
         floor: CapacityFloor | None,
         prefix: str,
         max_pending: int = 2,
+        adopt: bool = True,
+        adopt_grace_s: float = 60.0,
     ) -> None:
         self.backend = backend
         self.floor = floor
         self.prefix = prefix
         self.max_pending = max_pending
+        self.adopt_grace_s = adopt_grace_s
         self._ids = itertools.count()
-        self.active: dict[str, Reservation] = {}  # workload -> the reservation it holds
-        self.replacing: dict[str, Reservation] = {}  # workload -> a newer one not yet ready
-        self.queue: dict[str, Reservation] = {}  # workload -> waiting for a pending slot
+        self.slices: dict[str, list[Reservation]] = {}  # workload -> pending/ready slices, oldest first
+        self.queue: dict[str, Reservation] = {}  # workload -> the next slice, waiting for a pending slot
+        self.observed: dict[str, Reservation] = {}  # observe-only: what it would hold
         self.history: list[Reservation] = []
+        self.resizes: dict[str, list[tuple[float, str]]] = {}  # workload -> (time, grow|shrink)
+        self.first_seen: dict[str, float] = {}
+        self.last_seen: dict[str, float] = {}
         self._floor: list[dict[str, float]] | None = None
-        self.leaked_removed = self._remove_leftovers()
+        self._adopt_deadline: float | None = None
+        self.adopted, self.leaked_removed = self._take_over_leftovers(adopt)
 
-    def _remove_leftovers(self) -> int:
-        """A previous allocator that died left named groups behind: remove them, leak nothing."""
-        leftovers = self.backend.list_existing(self.prefix)
-        for _, handle in leftovers:
-            self.backend.remove(handle)
-        return len(leftovers)
+    # ------------------------------------------------------------------ restart
+
+    def _take_over_leftovers(self, adopt: bool) -> tuple[int, int]:
+        """Groups a previous allocator left behind (found by name prefix): adopted when
+        their size can be read, so a restarted allocator keeps what its workloads use;
+        removed otherwise. Adopted slices nobody asks for within ``adopt_grace_s`` of the
+        first step are released: nothing leaks. Returns (adopted, removed)."""
+        describe = getattr(self.backend, "bundles", None)
+        adopted = removed = 0
+        top = -1
+        for name, handle in self.backend.list_existing(self.prefix):
+            workload, _, seq = name[len(self.prefix) :].rpartition("-")
+            bundles = describe(handle) if (adopt and describe is not None and workload) else None
+            if not bundles:
+                self.backend.remove(handle)
+                removed += 1
+                continue
+            if seq.isdigit():
+                top = max(top, int(seq))
+            res = Reservation(
+                name=name, workload=workload,
+                cpu=sum(b.get("CPU", 0.0) for b in bundles), mem=sum(b.get("memory", 0.0) for b in bundles),
+                requested_at=0.0, needed_at=0.0, confidence=0.0, reason="adopted",
+                bundles=[dict(b) for b in bundles], state="pending",
+                adopted=True, handle=handle,
+            )
+            self.slices.setdefault(workload, []).append(res)
+            self.history.append(res)
+            adopted += 1
+        self._ids = itertools.count(top + 1)
+        return adopted, removed
 
     # ------------------------------------------------------------------ queries
 
     def held(self) -> dict[str, tuple[float, float]]:
         """workload -> (cpu, mem) of what it holds or is about to hold."""
-        out = {w: (r.cpu, r.mem) for w, r in self.active.items()}
-        out.update({w: (r.cpu, r.mem) for w, r in self.replacing.items()})
-        out.update({w: (r.cpu, r.mem) for w, r in self.queue.items()})
+        out = {w: _total(s) for w, s in self.slices.items() if s}
+        for w, q in self.queue.items():
+            c, m = out.get(w, (0.0, 0.0))
+            out[w] = (c + q.cpu, m + q.mem)
         return out
 
     def ready_amount(self, workload: str) -> tuple[float, float]:
-        r = self.active.get(workload)
-        return (r.cpu, r.mem) if r and r.state == "ready" else (0.0, 0.0)
+        """What the workload holds in ready groups (observe-only: what it would hold)."""
+        if workload in self.observed:
+            r = self.observed[workload]
+            return (r.cpu, r.mem)
+        return _total([r for r in self.slices.get(workload, []) if r.state == "ready"])
+
+    @property
+    def active(self) -> dict[str, list[Reservation]]:
+        """workload -> its slices (or its observe-only record), for callers that list workloads."""
+        out: dict[str, list[Reservation]] = {w: s for w, s in self.slices.items() if s}
+        out.update({w: [r] for w, r in self.observed.items()})
+        return out
+
+    def ready_group_names(self, workload: str) -> list[str]:
+        """Names of the workload's ready placement groups, oldest first: what its tasks and
+        actors are scheduled into (see :mod:`prae.engine.reservations_use`)."""
+        return [r.name for r in self.slices.get(workload, []) if r.state == "ready"]
 
     def records(self) -> list[dict[str, Any]]:
         return [r.record() for r in self.history]
 
     def pending_count(self) -> int:
-        return sum(1 for r in self._live() if r.state == "pending")
+        return sum(1 for s in self.slices.values() for r in s if r.state == "pending")
 
-    def _live(self) -> list[Reservation]:
-        return [*self.active.values(), *self.replacing.values()]
+    def resize_summary(self) -> dict[str, Any]:
+        """Resizes (a slice added to, or slices removed from, a reservation already held)
+        per workload and per workload-hour of planning."""
+        per: dict[str, dict[str, float]] = {}
+        total, hours = 0, 0.0
+        for w, first in self.first_seen.items():
+            h = max(self.last_seen.get(w, first) - first, 60.0) / 3600.0
+            n = len(self.resizes.get(w, []))
+            per[w] = {"resizes": n, "hours": h, "per_hour": n / h}
+            total += n
+            hours += h
+        return {"workloads": per, "resizes": total, "resizes_per_workload_hour": total / hours if hours else 0.0}
 
     # ------------------------------------------------------------------ the step
 
@@ -125,32 +234,93 @@ class ReservationBroker:
         self._refresh(now)
         floor: list[dict[str, float]] = []
         for req in requests:  # already in priority order
+            self.first_seen.setdefault(req.workload, now)
+            self.last_seen[req.workload] = now
             if req.realisation == "observe_only":
+                self._observe(req, now)
                 continue
+            bundles = bundles_for(req.cpu, req.mem, req.bundle_cpu)
+            floor.extend(bundles)
             if req.realisation == "autoscaler_floor":
-                floor.append(bundle_for(req.cpu, req.mem))
-                self.queue.pop(req.workload, None)
-                continue
-            floor.append(bundle_for(req.cpu, req.mem))
-            current = self.replacing.get(req.workload) or self.active.get(req.workload)
-            if current and (current.cpu, current.mem) == (req.cpu, req.mem):
+                # Capacity is asked for, nothing more is held; what is held stays (in use).
                 self.queue.pop(req.workload, None)
                 continue
             if req.cpu <= 0 and req.mem <= 0:
                 self.release(req.workload, now)
                 continue
-            self.queue[req.workload] = Reservation(
-                name=f"{self.prefix}{req.workload}-{next(self._ids)}",
-                workload=req.workload,
-                cpu=req.cpu,
-                mem=req.mem,
-                requested_at=now,
-                needed_at=req.needed_at,
-                confidence=req.confidence,
-                reason=req.reason,
-            )
+            self._resize(req, now)
+        self._release_unclaimed_adoptions(requests, now)
         self._launch(requests, now)
         self._set_floor(floor)
+
+    def _resize(self, req: ResourceRequest, now: float) -> None:
+        live = self.slices.get(req.workload, [])
+        cpu, mem = _total(live)
+        if req.cpu > cpu + EPS or req.mem > mem + EPS:  # grow: one slice for the difference
+            d_cpu, d_mem = max(0.0, req.cpu - cpu), max(0.0, req.mem - mem)
+            queued = self.queue.get(req.workload)
+            if queued is not None and abs(queued.cpu - d_cpu) < EPS and abs(queued.mem - d_mem) < EPS:
+                return
+            self.queue[req.workload] = Reservation(
+                name=f"{self.prefix}{req.workload}-{next(self._ids)}",
+                workload=req.workload, cpu=d_cpu, mem=d_mem,
+                requested_at=now, needed_at=req.needed_at, confidence=req.confidence, reason=req.reason,
+                bundles=bundles_for(d_cpu, d_mem, req.bundle_cpu),
+                priority=req.priority, max_pending_s=req.max_pending_s,
+            )
+            return
+        self.queue.pop(req.workload, None)
+        if req.cpu < cpu - EPS or req.mem < mem - EPS:
+            self._shrink(req.workload, req.cpu, req.mem, now)
+
+    def _shrink(self, workload: str, cpu: float, mem: float, now: float) -> None:
+        """Remove slices, newest first (pending ones before any ready one), while what is
+        left still covers (cpu, mem) and the slice is not in use."""
+        in_use = getattr(self.backend, "in_use", None)
+        live = self.slices.get(workload, [])
+        order = sorted(live, key=lambda r: (r.state == "ready", -(r.created_at or 0.0)))
+        left_cpu, left_mem = _total(live)
+        removed = False
+        for res in order:
+            if left_cpu - res.cpu < cpu - EPS or left_mem - res.mem < mem - EPS:
+                continue
+            if res.state == "ready" and in_use is not None and in_use(res.handle):
+                continue
+            self._remove(res, now)
+            live.remove(res)
+            left_cpu, left_mem = left_cpu - res.cpu, left_mem - res.mem
+            removed = True
+        if removed:
+            self.resizes.setdefault(workload, []).append((now, "shrink"))
+
+    def _observe(self, req: ResourceRequest, now: float) -> None:
+        old = self.observed.get(req.workload)
+        if old is not None and (old.cpu, old.mem) == (req.cpu, req.mem):
+            return
+        if old is not None:
+            old.state, old.removed_at = "removed", now
+            self.resizes.setdefault(req.workload, []).append((now, "grow" if req.cpu >= old.cpu else "shrink"))
+        res = Reservation(
+            name=f"{self.prefix}{req.workload}-{next(self._ids)}",
+            workload=req.workload, cpu=req.cpu, mem=req.mem,
+            requested_at=now, needed_at=req.needed_at, confidence=req.confidence, reason=req.reason,
+            bundles=bundles_for(req.cpu, req.mem, req.bundle_cpu),
+            priority=req.priority, max_pending_s=req.max_pending_s, state="observed",
+        )
+        self.observed[req.workload] = res
+        self.history.append(res)
+
+    def _release_unclaimed_adoptions(self, requests: Sequence[ResourceRequest], now: float) -> None:
+        if not self.adopted:
+            return
+        if self._adopt_deadline is None:
+            self._adopt_deadline = now + self.adopt_grace_s
+        asked = {r.workload for r in requests}
+        for workload, live in list(self.slices.items()):
+            if workload in asked or workload in self.first_seen:
+                continue
+            if now >= self._adopt_deadline and all(r.adopted for r in live):
+                self.release(workload, now)
 
     def _launch(self, requests: Sequence[ResourceRequest], now: float) -> None:
         order = {r.workload: i for i, r in enumerate(requests)}
@@ -158,29 +328,22 @@ class ReservationBroker:
             if self.pending_count() >= self.max_pending:
                 break
             res = self.queue.pop(workload)
-            stale = self.replacing.pop(workload, None)
-            if stale is not None:  # superseded before it was ever ready
-                self._remove(stale, now)
-            res.handle = self.backend.create(res.name, [bundle_for(res.cpu, res.mem)])
+            res.handle = self.backend.create(res.name, res.bundles)
             res.state = "pending"
             res.created_at = now
             self.history.append(res)
-            if workload in self.active:
-                self.replacing[workload] = res
-            else:
-                self.active[workload] = res
+            live = self.slices.setdefault(workload, [])
+            if live:
+                self.resizes.setdefault(workload, []).append((now, "grow"))
+            live.append(res)
         self._refresh(now)
 
     def _refresh(self, now: float) -> None:
-        for res in self._live():
-            if res.state == "pending" and self.backend.is_ready(res.handle):
-                res.state = "ready"
-                res.ready_at = now
-        for workload, new in list(self.replacing.items()):
-            if new.state == "ready":  # make-before-break: only now drop the old one
-                old = self.active[workload]
-                self._remove(old, now)
-                self.active[workload] = self.replacing.pop(workload)
+        for live in self.slices.values():
+            for res in live:
+                if res.state == "pending" and self.backend.is_ready(res.handle):
+                    res.state = "ready"
+                    res.ready_at = now
 
     def _set_floor(self, floor: list[dict[str, float]]) -> None:
         # Re-asserted every step: another component (Ray Data) may have overwritten it.
@@ -189,20 +352,23 @@ class ReservationBroker:
         self._floor = floor
 
     def _remove(self, res: Reservation, now: float) -> None:
-        if res.state != "removed":
+        if res.state == "removed":
+            return
+        if res.state != "observed" and res.handle is not None:
             self.backend.remove(res.handle)
-            res.state = "removed"
-            res.removed_at = now
+        res.state = "removed"
+        res.removed_at = now
 
     def release(self, workload: str, now: float) -> None:
         """Give back everything a workload holds or waits for."""
         self.queue.pop(workload, None)
-        for table in (self.replacing, self.active):
-            res = table.pop(workload, None)
-            if res is not None:
-                self._remove(res, now)
+        for res in self.slices.pop(workload, []):
+            self._remove(res, now)
+        obs = self.observed.pop(workload, None)
+        if obs is not None:
+            self._remove(obs, now)
 
     def release_all(self, now: float) -> None:
-        for workload in {*self.active, *self.replacing, *self.queue}:
+        for workload in {*self.slices, *self.queue, *self.observed}:
             self.release(workload, now)
         self._set_floor([])

@@ -66,6 +66,7 @@ class ForecastBatch:
 
 
 class Forecaster(Protocol):
+    window_steps: int  # the history length the model was trained on
     horizon_steps: int
 
     def forecast(self, live: np.ndarray, shadow: np.ndarray) -> ForecastBatch: ...
@@ -171,7 +172,9 @@ class EngineLoop:
         if not running:
             return
         run = self.config.run
-        windows = [t.window(run.window_steps, run.horizon_steps) for t in running]
+        # Send at least the model's own window: it pads a young workload's history itself.
+        steps = max(run.window_steps, self.forecaster.window_steps)
+        windows = [t.window(steps, run.horizon_steps) for t in running]
         live = np.stack([w[0] for w in windows]).astype(np.float32)
         shadow = np.stack([w[1] for w in windows]).astype(np.float32)
         batch = self.forecaster.forecast(live, shadow)

@@ -15,8 +15,8 @@ from ray.util.placement_group import (
 
 
 class RayPlacementBackend:
-    """Named, detached placement groups: they outlive a crashed allocator, which finds
-    them again by name prefix and removes them (see ``ReservationBroker._remove_leftovers``)."""
+    """Named, detached placement groups: they outlive a crashed allocator, whose successor
+    finds them again by name prefix and adopts them (see ``ReservationBroker``)."""
 
     def __init__(self, strategy: str = "PACK") -> None:
         self.strategy = strategy
@@ -40,6 +40,25 @@ class RayPlacementBackend:
             if name.startswith(prefix) and info.get("state") != "REMOVED":
                 found.append((name, PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_id)))))
         return found
+
+    def bundles(self, handle: PlacementGroup) -> list[dict[str, float]]:
+        """The group's bundles, to adopt a group a previous allocator created."""
+        table = placement_group_table(handle).get("bundles") or {}
+        return [dict(table[i]) for i in sorted(table)]
+
+    def in_use(self, handle: PlacementGroup) -> bool:
+        """Whether any task or actor is placed in the group.
+
+        Every task or actor scheduled into a bundle takes 0.001 of the group's
+        ``bundle_group_<id>`` resource (even with num_cpus=0), so the group is in use
+        exactly when that resource's available amount is below its total. Eventually
+        consistent (raylets report every ~100 ms): when unsure, say "in use".
+        """
+        key = f"bundle_group_{handle.id.hex()}"
+        total = ray.cluster_resources().get(key)
+        if total is None:
+            return False  # not (or no longer) placed: nothing can run in it
+        return ray.available_resources().get(key, 0.0) < total - 1e-6
 
 
 class RayCapacityFloor:

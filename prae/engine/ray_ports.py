@@ -87,6 +87,7 @@ class ServeForecaster:
         info = self.handle.info.remote().result(timeout_s=120)
         self.version = info["version"]
         self.horizon_steps = min(horizon_steps, int(info["horizon_steps"]))
+        self.window_steps = int(info["window_steps"])
         self.replica_ids: set[str] = {info["replica"]}
 
     def forecast(self, live: np.ndarray, shadow: np.ndarray) -> ForecastBatch:

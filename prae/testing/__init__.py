@@ -1,0 +1,1 @@
+"""Helpers for tests and benchmarks that start real Ray processes (and stop only those)."""

@@ -1,0 +1,56 @@
+"""End to end as a user runs it: `ray start --head`, then `ray job submit -- prae run configs/demo.yaml`.
+
+Starts its own head node on free ports in its own temp dir and stops exactly those
+processes afterwards (never `ray stop`, which would kill every Ray on the machine).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from prae.testing.local_cluster import start_head
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def head():
+    h = start_head(num_cpus=8)
+    try:
+        yield h
+    finally:
+        stopped = h.stop()
+        assert stopped > 0
+        assert h.processes() == []  # everything we started is gone
+        shutil.rmtree(h.temp_dir, ignore_errors=True)
+
+
+def test_job_submit_runs_the_demo(head, tmp_path):
+    ray_bin = Path(sys.executable).parent / "ray"
+    store = tmp_path / "store"
+    cmd = [
+        str(ray_bin), "job", "submit",
+        "--address", head.dashboard_url,
+        "--working-dir", str(ROOT),
+        "--",
+        "prae", "run", "configs/demo.yaml", "--store-dir", str(store),
+    ]
+    proc = subprocess.run(cmd, env=head.env, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-5000:]
+    assert "succeeded" in out, out[-3000:]
+    assert "hot swaps:" in out  # the summary table reached the job's log
+    # the summary file and the store the job wrote (one machine: a shared filesystem)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    names = {w["workload"] for w in summary["workloads"]}
+    assert names == {"etl-orders", "train-mlp", "replay-vm"}
+    assert all(w["exit_code"] == 0 for w in summary["workloads"])
+    assert all(w["forecasts"] > 10 for w in summary["workloads"])
+    assert (store / "telemetry").is_dir() and list((store / "forecasts").glob("workload=*/*.parquet"))

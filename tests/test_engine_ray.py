@@ -1,0 +1,111 @@
+"""The whole loop on local Ray: real workloads and shadows, the Serve predictor, placement
+groups, the Parquet store, Ray Train retraining and a hot swap — one Ray for the module."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pyarrow.dataset as ds
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+import ray  # noqa: E402
+from ray import serve  # noqa: E402
+from ray.util.placement_group import placement_group_table  # noqa: E402
+
+from prae.config import parse_config  # noqa: E402
+from prae.engine.runner import NAMESPACE, run  # noqa: E402
+from prae.testing.local_cluster import free_port  # noqa: E402
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(
+        address="local", num_cpus=8, include_dashboard=False, object_store_memory=300 * 1024**2, namespace=NAMESPACE
+    )
+    serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
+    try:
+        yield
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def small_config(tmp_path, retrain_every_s=12.0):
+    return parse_config(
+        {
+            "run": {
+                "name": "itest",
+                "interval_s": 1.0,
+                "window_steps": 16,
+                "horizon_steps": 3,
+                "store_dir": str(tmp_path / "store"),
+                "duration_s": 150,
+            },
+            "retrain": {"every_s": retrain_every_s, "min_rows": 10, "epochs": 1, "num_workers": 1},
+            "allocator": {"cpu_budget": 4, "hysteresis": 0.1},
+            "workloads": [
+                {
+                    "name": "etl",
+                    "kind": "etl",
+                    "params": {"rows": 3_000_000, "partitions": 8, "customers": 50_000},
+                    "resources": {"cpu": 1},
+                    "shadow": {"mode": "sample", "fraction": 0.05, "resources": {"cpu": 0.25}},
+                    "profile": {"priority": 1},
+                },
+                {
+                    "name": "trainer",
+                    "kind": "train",
+                    "params": {"samples": 60_000, "epochs": 3, "hidden": 256},
+                    "resources": {"cpu": 1},
+                    "shadow": {"mode": "sample", "fraction": 0.05, "resources": {"cpu": 0.25}},
+                },
+            ],
+        },
+        "itest.yaml",
+    )
+
+
+def test_demo_loop_end_to_end(local_ray, tmp_path):
+    cfg = small_config(tmp_path)
+    summary = run(cfg)
+
+    # the workloads ran to completion and were forecast while running
+    by_name = {w.workload: w for w in summary.workloads}
+    assert set(by_name) == {"etl", "trainer"}
+    assert all(w.exit_code == 0 for w in summary.workloads), summary
+    assert all(w.forecasts >= 5 for w in summary.workloads), summary
+
+    # the feedback store: telemetry of both roles, forecasts with actuals, per workload
+    store = tmp_path / "store"
+    tel = ds.dataset(store / "telemetry", format="parquet", partitioning="hive").to_table()
+    for name in ("etl", "trainer"):
+        mine = tel.filter(ds.field("workload") == name)
+        roles = set(mine.column("role").to_pylist())
+        assert roles == {"live", "shadow"}, (name, roles)
+        live = mine.filter(ds.field("role") == "live")
+        assert np.nanmax(live.column("cpu").to_numpy()) > 0.3
+        assert np.nanmax(live.column("mem").to_numpy()) > 50e6
+    fc = ds.dataset(store / "forecasts", format="parquet", partitioning="hive").to_table()
+    assert fc.num_rows > 0
+    actual = fc.column("actual").to_numpy(zero_copy_only=False)
+    assert np.isfinite(actual.astype(float)).sum() > 20
+
+    # placement groups were created for reservations, and all removed at the end
+    assert sum(w.reservations for w in summary.workloads) >= 2
+    ours = [
+        info for info in placement_group_table().values() if (info.get("name") or "").startswith("prae-itest-")
+    ]
+    assert ours, "the run created no named placement groups"
+    assert all(info["state"] == "REMOVED" for info in ours), [(i["name"], i["state"]) for i in ours]
+
+    # retraining ran on Ray Train and its model was hot-swapped into the same replica
+    assert summary.hot_swaps >= 1, summary.extra
+    assert len(summary.model_versions) >= 2
+    assert summary.predictor_replicas == 1
+    versions = set(fc.column("model_version").to_pylist())
+    assert len(versions) >= 2
