@@ -7,6 +7,7 @@ processes afterwards (never `ray stop`, which would kill every Ray on the machin
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import pytest
 from prae.testing.local_cluster import start_head
 
 ROOT = Path(__file__).resolve().parents[1]
+TRACES = Path(os.environ.get("PRAE_TRACES_DIR") or ROOT.parent / "shared" / "traces").resolve()
 pytestmark = pytest.mark.slow
 
 
@@ -39,6 +41,9 @@ def test_job_submit_runs_the_demo(head, tmp_path):
         str(ray_bin), "job", "submit",
         "--address", head.dashboard_url,
         "--working-dir", str(ROOT),
+        # The job runs from a copy of the working dir: tell the replay workload where the
+        # shared traces are, as a user would on a cluster.
+        "--runtime-env-json", json.dumps({"env_vars": {"PRAE_TRACES_DIR": str(TRACES)}}),
         "--",
         "prae", "run", "configs/demo.yaml", "--store-dir", str(store),
     ]

@@ -58,7 +58,7 @@ class RayTelemetrySource:
     def stop(self, workload: str | None = None) -> None:
         names = [workload] if workload else list(self.supervisors)
         for name in names:
-            if name in self.stopped and workload is not None:
+            if name in self.stopped:
                 continue
             try:
                 ray.get(self.supervisors[name].stop.remote(), timeout=30)

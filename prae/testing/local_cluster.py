@@ -14,6 +14,7 @@ import random
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Mapping
@@ -89,9 +90,12 @@ def start_head(num_cpus: int = 8, extra_env: Mapping[str, str] | None = None, ti
     head = LocalHead(temp_dir, free_port(), free_port())
     env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled"), **(extra_env or {})}
     env.pop("RAY_ADDRESS", None)
+    # This interpreter's bin first: `ray` and the job's `prae` resolve to this environment.
+    bin_dir = str(Path(sys.executable).parent)
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
     head.env = env
     cmd = [
-        "ray", "start", "--head",
+        f"{bin_dir}/ray", "start", "--head",
         f"--port={head.gcs_port}",
         f"--dashboard-port={head.dashboard_port}",
         "--dashboard-host=127.0.0.1",
