@@ -1,22 +1,51 @@
-"""The reservation broker over a fake placement backend: priority, make-before-break, no leaks."""
+"""The reservation broker over a fake placement backend: priority, slices (make-before-break), no leaks."""
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
-from prae.engine.broker import ReservationBroker, bundle_for
+from prae.engine.broker import ReservationBroker, bundle_for, bundles_for
 from prae.policy.requests import Interval, ResourceRequest
 from tests.fakes import FakeFloor, FakePG, FakePlacementBackend
 
 GIB = 1024**3
 
 
+@dataclass
+class InUseBackend(FakePlacementBackend):
+    """Knows which groups have something running in them (by name)."""
+
+    busy: set[str] = field(default_factory=set)
+
+    def in_use(self, g: FakePG) -> bool:
+        return g.name in self.busy
+
+
+@dataclass
+class DescribingBackend(FakePlacementBackend):
+    """Can read a leftover group's bundles, so a restarted broker can adopt it."""
+
+    def bundles(self, g: FakePG) -> list[dict[str, float]]:
+        return g.bundles
+
+
 def req(name, cpu, conf=0.8, prio=0, needed_at=10.0, realisation="placement_group", mem=0.0):
     iv = Interval(cpu, cpu, cpu)
     return ResourceRequest(
-        workload=name, issued_at=5.0, needed_at=needed_at, cpu_expected=cpu, mem_expected=mem, cpu=cpu, mem=mem,
-        cpu_interval=iv, mem_interval=iv, confidence=conf, priority=prio, max_pending_s=None,
-        realisation=realisation, reason="live_trend",
+        workload=name,
+        issued_at=5.0,
+        needed_at=needed_at,
+        cpu_expected=cpu,
+        mem_expected=mem,
+        cpu=cpu,
+        mem=mem,
+        cpu_interval=iv,
+        mem_interval=iv,
+        confidence=conf,
+        priority=prio,
+        max_pending_s=None,
+        realisation=realisation,
+        reason="live_trend",
     )
 
 
@@ -34,6 +63,9 @@ def test_only_queue_head_waits_in_ray_and_priority_is_ours():
     broker = ReservationBroker(backend, FakeFloor(), "p-", max_pending=1)
     broker.apply(ordered(req("low", 1, conf=0.2), req("high", 1, conf=0.9)), now=1.0)
     assert [g.name for g in backend.groups] == ["p-high-0"]
+    # still pending in Ray: the low one keeps waiting in our queue, however often we plan
+    broker.apply(ordered(req("low", 1, conf=0.2), req("high", 1, conf=0.9)), now=1.5)
+    assert [g.name for g in backend.groups] == ["p-high-0"]
     assert list(broker.queue) == ["low"]
     backend.capacity = 8
     broker.apply(ordered(req("low", 1, conf=0.2), req("high", 1, conf=0.9)), now=2.0)
@@ -49,19 +81,102 @@ def test_ready_before_need_is_recorded():
     assert broker.ready_amount("a") == (1, 0.0)
 
 
-def test_resize_is_make_before_break():
+def test_grow_adds_a_slice_and_never_drops_what_is_held():
     backend = FakePlacementBackend(capacity=3)
     broker = ReservationBroker(backend, None, "p-")
     broker.apply([req("a", 2)], now=1.0)
     broker.apply([req("a", 2)], now=2.0)  # unchanged: no new group
     assert len(backend.groups) == 1
-    broker.apply([req("a", 3)], now=3.0)  # 2 + 3 > 3: the new one cannot be ready yet
+    broker.apply([req("a", 4)], now=3.0)  # 2 + 2 > 3: the new slice cannot be ready yet
     old, new = backend.groups
+    assert new.bundles == [{"CPU": 2}]  # only the difference is asked for
     assert not old.removed and not new.ready
     assert broker.ready_amount("a") == (2, 0.0)  # still holding the old one meanwhile
+    assert broker.held()["a"] == (4, 0.0)
     backend.capacity = 5
-    broker.apply([req("a", 3)], now=4.0)
-    assert old.removed and new.ready and broker.ready_amount("a") == (3, 0.0)
+    broker.apply([req("a", 4)], now=4.0)
+    assert not old.removed and new.ready and broker.ready_amount("a") == (4, 0.0)
+    assert broker.ready_group_names("a") == ["p-a-0", "p-a-1"]
+    assert broker.resize_summary()["resizes"] == 1
+
+
+def test_shrink_removes_newest_unused_slices_but_not_below_target():
+    backend = InUseBackend(capacity=16)
+    broker = ReservationBroker(backend, None, "p-")
+    for cpu in (2, 3, 5):  # slices of 2, 1, 2
+        broker.apply([req("a", cpu)], now=cpu)
+    assert [g.bundles[0]["CPU"] for g in backend.groups] == [2, 1, 2]
+    broker.apply(
+        [req("a", 2.5)], now=10.0
+    )  # drop the newest (2): 3 >= 2.5; dropping the 1 too would go below
+    assert [g.removed for g in backend.groups] == [False, False, True]
+    assert broker.ready_amount("a") == (3, 0.0)
+    backend.busy.update({"p-a-0", "p-a-1"})  # tasks run in both: never remove one
+    broker.apply([req("a", 1)], now=11.0)
+    assert [g.removed for g in backend.groups] == [False, False, True]
+    backend.busy.discard("p-a-0")
+    broker.apply([req("a", 1)], now=12.0)  # the 2-core slice is free now: 1 core stays, in use
+    assert [g.removed for g in backend.groups] == [True, False, True]
+    assert broker.ready_amount("a") == (1, 0.0)
+    assert broker.resize_summary()["resizes"] == 4  # two grows, two shrinks
+
+
+def test_unit_bundles_spread_a_reservation():
+    assert bundles_for(3, 3 * GIB, unit_cpu=1) == [{"CPU": 1, "memory": float(GIB)}] * 3
+    assert bundles_for(2.5, 0, unit_cpu=1) == [{"CPU": 1}, {"CPU": 1}, {"CPU": 0.5}]
+    assert bundles_for(0.5, 0, unit_cpu=1) == [{"CPU": 0.5}]
+    backend = FakePlacementBackend()
+    broker = ReservationBroker(backend, None, "p-")
+    broker.apply([replace(req("a", 3), bundle_cpu=1.0)], now=1.0)
+    assert backend.groups[0].bundles == [{"CPU": 1}] * 3
+
+
+def test_observe_only_records_what_it_would_hold_and_creates_nothing():
+    backend = FakePlacementBackend()
+    floor = FakeFloor()
+    broker = ReservationBroker(backend, floor, "p-")
+    broker.apply([req("a", 2, realisation="observe_only")], now=1.0)
+    broker.apply([req("a", 2, realisation="observe_only")], now=2.0)
+    broker.apply([req("a", 3, realisation="observe_only")], now=3.0)
+    assert backend.groups == [] and floor.calls == []  # never touches request_resources
+    recs = broker.records()
+    assert [r["state"] for r in recs] == ["removed", "observed"] and recs[1]["cpu"] == 3
+    assert broker.ready_amount("a") == (
+        3,
+        0.0,
+    )  # what it would hold: the report compares it with use
+    broker.release_all(now=4.0)
+    assert all(r["state"] == "removed" for r in broker.records())
+
+
+def test_restarted_broker_adopts_its_predecessors_groups():
+    backend = DescribingBackend(capacity=8)
+    first = ReservationBroker(backend, None, "p-")
+    first.apply([req("a", 2), req("b-x", 1)], now=1.0)
+    # the allocator dies; a new one starts on the same cluster
+    backend.leftovers = [g for g in backend.groups if not g.removed]
+    second = ReservationBroker(backend, None, "p-", adopt_grace_s=5.0)
+    assert (second.adopted, second.leaked_removed) == (2, 0)
+    second.apply([req("a", 2)], now=2.0)
+    assert second.ready_amount("a") == (2, 0.0) and len(backend.groups) == 2  # nothing new created
+    assert second.ready_amount("b-x") == (1, 0.0)  # not asked for yet: kept during the grace time
+    second.apply([req("a", 2)], now=8.0)
+    assert second.ready_amount("b-x") == (0.0, 0.0)  # nobody claimed it: released, nothing leaks
+    assert [g.name for g in backend.live()] == ["p-a-0"]
+    second.apply([req("a", 3)], now=9.0)
+    assert backend.groups[-1].name == "p-a-2"  # numbering continues after the adopted ones
+
+
+def test_floor_is_reasserted_every_step_and_cleared_once():
+    floor = FakeFloor()
+    broker = ReservationBroker(FakePlacementBackend(), floor, "p-")
+    r = replace(req("a", 2, realisation="autoscaler_floor"), bundle_cpu=1.0)
+    broker.apply([r], now=1.0)
+    broker.apply([r], now=2.0)  # Ray Data may have replaced it meanwhile: say it again
+    assert floor.calls == [[{"CPU": 1}, {"CPU": 1}]] * 2
+    broker.apply([], now=3.0)
+    broker.apply([], now=4.0)
+    assert floor.calls[2:] == [[]]  # ours cleared once; someone else's floor is left alone
 
 
 def test_release_and_release_all_remove_everything():
@@ -80,13 +195,18 @@ def test_floor_requests_and_observe_only_hold_nothing():
     backend = FakePlacementBackend()
     floor = FakeFloor()
     broker = ReservationBroker(backend, floor, "p-")
-    broker.apply([req("a", 2, realisation="autoscaler_floor"), req("b", 1, realisation="observe_only")], now=1.0)
+    broker.apply(
+        [req("a", 2, realisation="autoscaler_floor"), req("b", 1, realisation="observe_only")],
+        now=1.0,
+    )
     assert backend.groups == []
     assert floor.calls[-1] == [{"CPU": 2}]
 
 
 def test_leftovers_of_a_dead_allocator_are_removed():
-    backend = FakePlacementBackend(leftovers=[FakePG("p-a-0", [{"CPU": 1}]), FakePG("other-x", [{"CPU": 1}])])
+    backend = FakePlacementBackend(
+        leftovers=[FakePG("p-a-0", [{"CPU": 1}]), FakePG("other-x", [{"CPU": 1}])]
+    )
     broker = ReservationBroker(backend, None, "p-")
     assert broker.leaked_removed == 1
     assert backend.leftovers[0].removed and not backend.leftovers[1].removed

@@ -346,9 +346,12 @@ class ReservationBroker:
                     res.ready_at = now
 
     def _set_floor(self, floor: list[dict[str, float]]) -> None:
-        # Re-asserted every step: another component (Ray Data) may have overwritten it.
-        if self.floor is not None:
-            self.floor.set_floor([b for b in floor if b])
+        """Re-assert our floor every step while we have one: another component (Ray Data)
+        may have overwritten it. An empty floor is sent once, to clear ours, and then not
+        again, so an observe-only or idle PRAE never clears someone else's."""
+        floor = [b for b in floor if b]
+        if self.floor is not None and (floor or self._floor):
+            self.floor.set_floor(floor)
         self._floor = floor
 
     def _remove(self, res: Reservation, now: float) -> None:

@@ -24,6 +24,7 @@ lags by its report interval and would over-fill a bundle under a burst of submis
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Callable
@@ -35,6 +36,9 @@ from ray.util.placement_group import PlacementGroup, get_placement_group, placem
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 EPS = 1e-9
+# What a workload process is told about its reservation (set by whoever starts it).
+ENV_PREFIX = "PRAE_RESERVATION_PREFIX"
+ENV_WORKLOAD = "PRAE_WORKLOAD"
 
 
 def _seq(prefix: str, workload: str, name: str) -> int | None:
@@ -103,6 +107,13 @@ class ReservationPlacer:
         self._refreshed_at = -float("inf")
         self.placed = 0  # how many went into the reservation
         self.overflow = 0  # how many went to the cluster at large (reactive path)
+
+    @classmethod
+    def from_env(cls, **kwargs: Any) -> ReservationPlacer | None:
+        """The placer of the workload this process belongs to, from ``PRAE_RESERVATION_PREFIX``
+        and ``PRAE_WORKLOAD``; None when not started under PRAE (schedule as usual)."""
+        prefix, workload = os.environ.get(ENV_PREFIX), os.environ.get(ENV_WORKLOAD)
+        return cls(prefix, workload, **kwargs) if prefix and workload else None
 
     def refresh(self, force: bool = False) -> None:
         """Re-read the workload's groups (grown: new bundles; shrunk: gone ones dropped)."""

@@ -102,8 +102,12 @@ class ArmResult:
 
 
 def _shadow_forecast(cfg: ProofConfig, t: float, issued_at: float, now_units: int) -> WorkloadForecast:
-    """What the shadow, ``lead_s`` ahead, says the live run will need at t + lead_s."""
-    ahead = float(cfg.demand(t + cfg.lead_s))
+    """What the shadow, ``lead_s`` ahead, says the live run will need up to t + lead_s: the
+    peak over the lead, since a reservation made now must also cover what comes before
+    its need time (a point forecast at the lead alone would let go of a step that comes
+    sooner, e.g. when the job's end is in sight)."""
+    edges = [t + cfg.lead_s, *(s for s, _ in cfg.steps if t < s <= t + cfg.lead_s)]
+    ahead = float(max(cfg.demand(x) for x in edges))
     iv = Interval(ahead, ahead, ahead)
     zero = Interval(0.0, 0.0, 0.0)
     return WorkloadForecast(
@@ -193,12 +197,14 @@ def _drive(arm: str, cfg: ProofConfig, prefix: str) -> ArmResult:
             break
         time.sleep(0.05)
     t_end = time.time()
+    # Every unit has ended (or ends now) before the reservations go: removing a
+    # placement group kills what still runs in it.
+    outcomes = ray.get([ref for _, ref in submitted])
     if broker is not None:
-        broker.release_all(t_end)
+        broker.release_all(time.time())
 
     waits, inside, used_reserved = [], 0, 0.0
-    for (sub_at, ref), (_a, b) in zip(submitted, intervals, strict=True):
-        started, pg = ray.get(ref)
+    for (sub_at, _ref), (_a, b), (started, pg) in zip(submitted, intervals, outcomes, strict=True):
         end = t0 + b
         waits.append(max(0.0, min(started, end) - sub_at))
         if pg:

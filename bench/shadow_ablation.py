@@ -1,0 +1,468 @@
+"""Does the shadow help? Forecast error with and without shadow features, and what it costs.
+
+1. Collect: each built-in workload runs here for real, live and its shadow together (as the
+   engine starts them), in two variants of different size or input (A and B), so that what
+   a model learns on one variant does not tell it the other's timing. The live run is sampled
+   every ``--interval`` s; its shadow every ``--shadow-interval`` s (its timeline is compressed
+   by ~1/fraction, so it is sampled faster; the engine should do the same).
+2. Align: the shadow's telemetry at the progress the live run will reach ``H`` steps later
+   (``align_shadow_by_progress``, causal: a live step only sees shadow samples taken by then).
+3. Fine-tune ``Predictor.builtin()`` into two arms, identically (same windows, epochs and
+   seeds) except that one sees a shadow channel and the other does not: first on real
+   Bitbrains VMs (``--trace-series``; the "with" arm gets a synthetic shadow made from each
+   series' own future, at reduced amplitude and with noise, since the pretrained model never
+   saw a shadow), then on the workload runs: train on variant A runs and test on variant B
+   runs, then the reverse (2 folds).
+4. Score the median forecast (q0.5) at every horizon 1..H of every test step:
+   error = |forecast - actual| / (the run's mean of that resource), averaged over the
+   resources the workload uses (mean > 0). ``err_all_*`` averages all forecasts;
+   ``err_phase_*`` only those whose target step lies within 1 step of a phase change: a
+   change of the phase the workload reports, or a shift of a resource's 3-step rolling median
+   by more than half its run mean.
+   shadow_cost_ratio = shadow CPU-seconds / live CPU-seconds (memory-byte-seconds reported too).
+
+The last line printed is JSON. Runs are cached in ``--out`` (``--reuse`` re-scores them).
+
+    .venv/bin/python bench/shadow_ablation.py                 # ~15 min on 2 cores
+    .venv/bin/python bench/shadow_ablation.py --reuse         # re-score cached runs
+    .venv/bin/python bench/shadow_ablation.py --recollect train   # redo one kind's runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from prae.config import ShadowSpec, WorkloadSpec  # noqa: E402
+from prae.telemetry.alignment import align_shadow_by_progress  # noqa: E402
+from prae.workloads.process import WorkloadProcess  # noqa: E402
+
+# (kind, shadow mode, variant A params, variant B params)
+WORKLOADS: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
+    (
+        "etl",
+        "sample",
+        {"rows": 5_000_000, "partitions": 10, "customers": 100_000, "skew": 1.3},
+        {"rows": 7_000_000, "partitions": 16, "customers": 200_000, "skew": 1.6},
+    ),
+    (
+        "train",
+        "sample",
+        {"samples": 150_000, "epochs": 4, "hidden": 256},
+        {"samples": 100_000, "epochs": 6, "hidden": 384},
+    ),
+    (
+        "replay",
+        "simulate",
+        {"trace": "bitbrains:41", "start": 3510, "steps": 100, "step_s": 0.5},
+        {"trace": "bitbrains:52", "start": 6690, "steps": 100, "step_s": 0.5},
+    ),
+    (
+        "service",
+        "sample",
+        {"pattern": "bitbrains:52", "start": 6690, "steps": 100, "step_s": 0.5, "rps_max": 120.0},
+        {"pattern": "bitbrains:45", "start": 4320, "steps": 100, "step_s": 0.5, "rps_max": 120.0},
+    ),
+]
+
+
+# --quick: the same pipeline on tiny runs (a smoke test of the harness, not a measurement).
+QUICK = {
+    "etl": {"rows": 150_000, "partitions": 4, "customers": 10_000},
+    "train": {"samples": 6_000, "epochs": 2, "hidden": 64},
+    "replay": {"steps": 20},
+    "service": {"steps": 20, "rps_max": 60.0},
+}
+
+
+@dataclass
+class Run:
+    kind: str
+    variant: str
+    live_ts: list[float]
+    live: list[list[float]]  # (T, 4)
+    live_progress: list[float]
+    live_phase: list[str]
+    shadow_ts: list[float]
+    shadow: list[list[float]]  # (S, 4)
+    shadow_progress: list[float]
+    live_cpu_s: float
+    shadow_cpu_s: float
+    live_mem_bs: float
+    shadow_mem_bs: float
+    live_exit: int | None
+    shadow_exit: int | None
+
+
+def collect(
+    kind: str, mode: str, variant: str, params: dict[str, Any], args: argparse.Namespace
+) -> Run:
+    spec = WorkloadSpec(
+        name=f"abl-{kind}-{variant}",
+        kind=kind,  # type: ignore[arg-type]
+        params=params,
+        shadow=ShadowSpec(mode=mode, fraction=args.fraction),  # type: ignore[arg-type]
+    )
+    root = Path(args.out) / "work" / spec.name
+    live = WorkloadProcess(spec, "live", root / "live", seed=args.seed)
+    shadow = WorkloadProcess(spec, "shadow", root / "shadow", seed=args.seed)
+    live.start()
+    shadow.start()
+    ls, ss = [], []
+    next_live = time.monotonic() + args.interval
+    deadline = time.monotonic() + args.max_run_s
+    try:
+        while time.monotonic() < deadline:
+            if shadow.exit_code() is None or not ss or ss[-1].mem > 0:
+                ss.append(shadow.sample())
+            if time.monotonic() >= next_live:
+                ls.append(live.sample())
+                next_live += args.interval
+                if live.exit_code() is not None:
+                    break
+            time.sleep(max(0.0, min(args.shadow_interval, next_live - time.monotonic())))
+    finally:
+        live.stop(grace_s=2.0)
+        shadow.stop(grace_s=2.0)
+    return Run(
+        kind,
+        variant,
+        [s.ts for s in ls],
+        [s.as_array().tolist() for s in ls],
+        [s.progress for s in ls],
+        [s.phase for s in ls],
+        [s.ts for s in ss],
+        [s.as_array().tolist() for s in ss],
+        [s.progress for s in ss],
+        live.cost_cpu_seconds,
+        shadow.cost_cpu_seconds,
+        live.cost_mem_byte_seconds,
+        shadow.cost_mem_byte_seconds,
+        live.exit_code(),
+        shadow.exit_code(),
+    )
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+def aligned_shadow(run: Run, lead: int) -> np.ndarray:
+    if not run.shadow:
+        return np.full((len(run.live), 4), np.nan)
+    return align_shadow_by_progress(
+        np.array(run.live_progress, dtype=float),
+        np.array(run.shadow_progress, dtype=float),
+        np.array(run.shadow, dtype=float),
+        lead,
+        live_ts=np.array(run.live_ts),
+        shadow_ts=np.array(run.shadow_ts),
+    )
+
+
+def change_points(run: Run, scale: np.ndarray) -> np.ndarray:
+    """Steps where the reported phase changes or a resource's 3-step median shifts > 0.5 × mean."""
+    y = np.array(run.live, dtype=float)
+    t = len(y)
+    flags = np.zeros(t, dtype=bool)
+    for i in range(1, t):
+        if run.live_phase[i] and run.live_phase[i] != run.live_phase[i - 1]:
+            flags[i] = True
+    med = np.array([np.median(y[max(0, i - 1) : i + 2], axis=0) for i in range(t)])
+    used = scale > 0
+    jump = np.abs(np.diff(med, axis=0))[:, used] > 0.5 * scale[used]
+    flags[1:] |= jump.any(axis=1)
+    return np.flatnonzero(flags)
+
+
+def windows_for(
+    run: Run, w: int, h: int, use_shadow: bool, t0: int
+) -> tuple[np.ndarray, np.ndarray | None, list[int]]:
+    y = np.array(run.live, dtype=np.float32)
+    sh = aligned_shadow(run, h).astype(np.float32)
+    lives, shadows, steps = [], [], []
+    for t in range(t0, len(y) - h):
+        lo = max(0, t - w + 1)
+        pad = w - (t + 1 - lo)
+        block = np.vstack([np.full((pad, 4), np.nan, np.float32), y[lo : t + 1]])
+        sblock = np.vstack([np.full((pad, 4), np.nan, np.float32), sh[lo : t + 1]])
+        lives.append(block)
+        shadows.append(sblock)
+        steps.append(t)
+    if not lives:
+        return np.zeros((0, w, 4), np.float32), None, []
+    return np.stack(lives), (np.stack(shadows) if use_shadow else None), steps
+
+
+def score(
+    pred_q50: np.ndarray, run: Run, steps: list[int], h: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per (forecast, horizon) errors (N, H) and whether each target is near a phase change."""
+    y = np.array(run.live, dtype=float)
+    scale = y.mean(axis=0)
+    used = scale > 1e-9 * np.maximum(1.0, scale.max())
+    near = np.zeros(len(y), dtype=bool)
+    for c in change_points(run, np.where(used, scale, 0.0)):
+        near[max(0, c - 1) : c + 2] = True
+    errs = np.zeros((len(steps), h))
+    flags = np.zeros((len(steps), h), dtype=bool)
+    for i, t in enumerate(steps):
+        for k in range(h):
+            target = y[t + 1 + k]
+            e = np.abs(pred_q50[i, k] - target)[used] / scale[used]
+            errs[i, k] = float(np.mean(e))
+            flags[i, k] = near[t + 1 + k]
+    return errs, flags
+
+
+def synthetic_shadow(y: np.ndarray, lead: int, rng: np.random.Generator) -> np.ndarray:
+    """What an aligned shadow looks like, made from a trace's own future: row t holds the
+    series at t + lead, at a reduced amplitude (a factor in 0.05..1 per resource), with
+    multiplicative noise (sigma 0.3 in log space), unknown for a random first stretch and
+    beyond the end. Teaches the model what the shadow channel means."""
+    n = len(y)
+    out = np.full_like(y, np.nan)
+    out[: n - lead] = y[lead:]
+    out *= rng.uniform(0.05, 1.0, size=(1, y.shape[1]))
+    out *= np.exp(rng.normal(0.0, 0.3, size=out.shape))
+    out[: rng.integers(0, max(1, n // 10))] = np.nan
+    return out.astype(np.float32)
+
+
+def trace_windows(args: argparse.Namespace, w: int, h: int, with_shadow: bool) -> Any:
+    """Windows from real Bitbrains VMs, with a synthetic shadow channel or without one."""
+    from prae.model.training import concat_windows, windows_from_series
+    from prae.traces import load_trace
+    from prae.workloads.tracesrc import traces_dir
+
+    rng = np.random.default_rng(args.seed)
+    folder = traces_dir() / "bitbrains-rnd-2013-07" / "series"
+    items = []
+    for vm in range(1, args.trace_series + 1):
+        path = folder / f"{vm}.csv.gz"
+        if not path.exists():
+            continue
+        y = load_trace(path, "bitbrains")[0].values.astype(np.float32)
+        shadow = synthetic_shadow(y, h, rng) if with_shadow else None
+        items.append(windows_from_series(y, shadow, w, h, stride=4))
+    return concat_windows(items)
+
+
+def evaluate(runs: list[Run], args: argparse.Namespace) -> dict[str, Any]:
+    from prae.model.predictor import Predictor
+    from prae.model.training import concat_windows, fit, windows_from_series
+
+    builtin = Predictor.builtin()
+    w, h = builtin.window_steps, builtin.horizon_steps
+    # Both arms first learn from the same real traces, one with a shadow channel, one without:
+    # four workload runs alone are too little to learn what a new input means.
+    bases = {"builtin": builtin}
+    for arm in ("with", "without"):
+        model = copy.deepcopy(builtin)
+        if args.trace_series > 0:
+            t = time.monotonic()
+            stats = fit(
+                model,
+                trace_windows(args, w, h, arm == "with"),
+                epochs=1,
+                lr=args.lr,
+                seed=args.seed,
+                batch_size=256,
+                samples_per_epoch=args.trace_samples,
+                val_fraction=0.0,
+            )
+            print(
+                f"trace pre-fine-tune ({arm}): loss {stats['loss']:.4f}, {time.monotonic() - t:.0f} s",
+                flush=True,
+            )
+        bases[arm] = model
+    results: dict[str, dict[str, list[np.ndarray]]] = {}
+    folds = [("A", "B"), ("B", "A")]
+    for arm in ("with", "without", "builtin"):
+        results[arm] = {"err": [], "phase": [], "kind": []}
+    for train_v, test_v in folds:
+        train_runs = [r for r in runs if r.variant == train_v]
+        test_runs = [r for r in runs if r.variant == test_v]
+        for arm in ("with", "without", "builtin"):
+            errs_seeds = []
+            for fit_seed in range(args.fit_seeds):
+                model = copy.deepcopy(bases[arm])
+                if arm != "builtin":
+                    # Left-padded with NaN, as the engine's windows are early in a run, so that
+                    # a short run still gives one training window per step.
+                    pad = np.full((w - args.t0, 4), np.nan, np.float32)
+                    wins = [
+                        windows_from_series(
+                            np.vstack([pad, np.array(r.live, dtype=np.float32)]),
+                            np.vstack([pad, aligned_shadow(r, h).astype(np.float32)])
+                            if arm == "with"
+                            else None,
+                            w,
+                            h,
+                        )
+                        for r in train_runs
+                    ]
+                    fit(
+                        model,
+                        concat_windows(wins),
+                        epochs=args.epochs,
+                        lr=args.lr,
+                        seed=fit_seed,
+                        batch_size=64,
+                        val_fraction=0.0,
+                    )
+                per_run = []
+                for r in test_runs:
+                    live, shadow, steps = windows_for(r, w, h, arm == "with", args.t0)
+                    if not steps:
+                        continue
+                    q50 = model.predict(live, shadow)[..., list(model.quantiles).index(0.5)]
+                    per_run.append((r, score(q50, r, steps, h)))
+                errs_seeds.append(per_run)
+            # average the fit seeds forecast by forecast
+            for j, (r, (_e0, f0)) in enumerate(errs_seeds[0]):
+                e = np.mean([seed_runs[j][1][0] for seed_runs in errs_seeds], axis=0)
+                results[arm]["err"].append(e)
+                results[arm]["phase"].append(f0)
+                results[arm]["kind"].append(np.full(e.shape, r.kind, dtype=object))
+
+    def summarise(
+        arm: str, kind: str | None = None, horizon: int | None = None
+    ) -> tuple[float, float]:
+        e = np.concatenate(
+            [x.ravel() if horizon is None else x[:, horizon - 1] for x in results[arm]["err"]]
+        )
+        f = np.concatenate(
+            [x.ravel() if horizon is None else x[:, horizon - 1] for x in results[arm]["phase"]]
+        )
+        k = np.concatenate(
+            [x.ravel() if horizon is None else x[:, horizon - 1] for x in results[arm]["kind"]]
+        )
+        sel = np.ones_like(f) if kind is None else (k == kind)
+        all_e = float(np.mean(e[sel])) if sel.any() else math.nan
+        ph = sel & f
+        return (float(np.mean(e[ph])) if ph.any() else math.nan), all_e
+
+    out: dict[str, Any] = {}
+    (out["err_phase_with"], out["err_all_with"]) = summarise("with")
+    (out["err_phase_without"], out["err_all_without"]) = summarise("without")
+    (out["err_phase_builtin_no_finetune"], out["err_all_builtin_no_finetune"]) = summarise(
+        "builtin"
+    )
+    out["phase_error_reduction"] = 1.0 - out["err_phase_with"] / out["err_phase_without"]
+    out["all_error_reduction"] = 1.0 - out["err_all_with"] / out["err_all_without"]
+    per_kind = {}
+    for kind in sorted({r.kind for r in runs}):
+        pw, aw = summarise("with", kind)
+        po, ao = summarise("without", kind)
+        per_kind[kind] = {"phase_with": pw, "phase_without": po, "all_with": aw, "all_without": ao}
+    out["per_kind"] = per_kind
+    lead = min(args.lead, h)
+    pw, aw = summarise("with", horizon=lead)
+    po, ao = summarise("without", horizon=lead)
+    out[f"at_horizon_{lead}"] = {
+        "phase_with": pw,
+        "phase_without": po,
+        "all_with": aw,
+        "all_without": ao,
+    }
+    n_phase = int(sum(f.sum() for f in results["with"]["phase"]))
+    n_all = int(sum(f.size for f in results["with"]["phase"]))
+    out["n_forecast_targets"] = {"all": n_all, "phase": n_phase}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--out", default="out/shadow_ablation")
+    ap.add_argument("--reuse", action="store_true", help="score the runs cached in --out")
+    ap.add_argument(
+        "--recollect", default="", help="with the cache: run these kinds again (e.g. train)"
+    )
+    ap.add_argument("--kinds", default="etl,train,replay,service")
+    ap.add_argument("--fraction", type=float, default=0.05)
+    ap.add_argument("--interval", type=float, default=0.5, help="live sampling step (s)")
+    ap.add_argument("--shadow-interval", type=float, default=0.1, help="shadow sampling step (s)")
+    ap.add_argument("--max-run-s", type=float, default=300.0)
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--fit-seeds", type=int, default=2)
+    ap.add_argument("--t0", type=int, default=4, help="first live step forecast from")
+    ap.add_argument("--lead", type=int, default=5, help="also report errors at this horizon")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--trace-series", type=int, default=80, help="Bitbrains VMs to pre-fine-tune on (0: none)"
+    )
+    ap.add_argument("--trace-samples", type=int, default=40_000, help="trace windows drawn for it")
+    ap.add_argument(
+        "--quick", action="store_true", help="tiny runs: checks the harness, measures nothing"
+    )
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cache = out / "runs.json"
+    kinds = set(args.kinds.split(","))
+    runs: list[Run] = []
+    if (args.reuse or args.recollect) and cache.exists():
+        runs = [Run(**r) for r in json.loads(cache.read_text())]
+    redo = set(args.recollect.split(",")) if args.recollect else (set() if args.reuse else kinds)
+    runs = [r for r in runs if r.kind not in redo]
+    for kind, mode, pa, pb in WORKLOADS:
+        if kind not in redo:
+            continue
+        for variant, params in (("A", pa), ("B", pb)):
+            if args.quick:
+                params = {**params, **QUICK[kind]}
+            t = time.monotonic()
+            run = collect(kind, mode, variant, params, args)
+            runs.append(run)
+            print(
+                f"{kind}/{variant}: {len(run.live)} live samples, {len(run.shadow)} shadow samples, "
+                f"exit {run.live_exit}/{run.shadow_exit}, cpu {run.live_cpu_s:.1f}/{run.shadow_cpu_s:.1f} s, "
+                f"{time.monotonic() - t:.0f} s",
+                flush=True,
+            )
+            cache.write_text(json.dumps([asdict(r) for r in runs]))
+    runs = [r for r in runs if r.kind in kinds]
+    bad = [f"{r.kind}/{r.variant}" for r in runs if r.live_exit != 0]
+    if bad:
+        print(f"warning: live runs that did not finish cleanly: {bad}", flush=True)
+    result = evaluate(runs, args)
+    result["shadow_cost_ratio"] = sum(r.shadow_cpu_s for r in runs) / max(
+        1e-9, sum(r.live_cpu_s for r in runs)
+    )
+    result["shadow_mem_cost_ratio"] = sum(r.shadow_mem_bs for r in runs) / max(
+        1e-9, sum(r.live_mem_bs for r in runs)
+    )
+    result["shadow_cost_ratio_per_kind"] = {
+        k: sum(r.shadow_cpu_s for r in runs if r.kind == k)
+        / max(1e-9, sum(r.live_cpu_s for r in runs if r.kind == k))
+        for k in sorted({r.kind for r in runs})
+    }
+    result["settings"] = {
+        "fraction": args.fraction,
+        "interval_s": args.interval,
+        "shadow_interval_s": args.shadow_interval,
+        "epochs": args.epochs,
+        "fit_seeds": args.fit_seeds,
+        "trace_series": args.trace_series,
+        "trace_samples": args.trace_samples,
+        "runs": len(runs),
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""Forecast and allocation metrics: pure functions over flat arrays of scored rows.
+
+All pool the rows of every series (raw units), so large workloads weigh more, exactly as
+they do in a cluster's bill.
+
+    WAPE        sum |y - median| / sum |y|
+    pinball     sum_q sum pinball_q(y, q_hat) / (Q * sum |y|)   (scale-free, like WAPE)
+    coverage    share of rows with y <= q_tau (one-sided) or q0.1 <= y <= q0.9
+    slack       share of the allocation not used: sum max(a - y, 0) / sum a
+    violation   share of rows with y > a
+
+``slack_at_violation`` sets each policy's margin so that it violates at the given rate
+(post hoc, the same rule for every policy) and reports the slack that costs:
+allocation' = max(a, floor) * (1 + m), floor = 1 % of the series' running mean usage
+(so a zero forecast can still be raised by a margin).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def wape(y: np.ndarray, point: np.ndarray) -> float:
+    den = np.abs(y).sum()
+    return float(np.abs(y - point).sum() / den) if den > 0 else float("nan")
+
+
+def scaled_pinball(y: np.ndarray, q: np.ndarray, levels: tuple[float, ...]) -> float:
+    """y: (n,), q: (n, Q)."""
+    tau = np.asarray(levels)[None, :]
+    diff = y[:, None] - q
+    loss = np.maximum(tau * diff, (tau - 1.0) * diff)
+    den = np.abs(y).sum() * len(levels)
+    return float(loss.sum() / den) if den > 0 else float("nan")
+
+
+def coverage(y: np.ndarray, upper: np.ndarray, lower: np.ndarray | None = None) -> float:
+    if y.size == 0:
+        return float("nan")
+    inside = y <= upper
+    if lower is not None:
+        inside &= y >= lower
+    return float(inside.mean())
+
+
+def slack(y: np.ndarray, alloc: np.ndarray) -> float:
+    total = alloc.sum()
+    return float(np.maximum(alloc - y, 0.0).sum() / total) if total > 0 else float("nan")
+
+
+def violation_rate(y: np.ndarray, alloc: np.ndarray) -> float:
+    return float((y > alloc).mean()) if y.size else float("nan")
+
+
+@dataclass(frozen=True)
+class MarginResult:
+    rate: float  # target violation rate
+    margin: float  # m: allocation' = max(a, floor) * (1 + m)
+    slack: float
+    violation: float  # achieved (ties can leave it slightly below the target)
+
+
+def slack_at_violation(
+    y: np.ndarray, alloc: np.ndarray, floor: np.ndarray, rate: float
+) -> MarginResult:
+    """The margin that makes ``alloc`` violate at ``rate`` of rows, and its slack.
+
+    y, alloc, floor: shape (n,). The needed factor is the (1 - rate) quantile of
+    y / max(alloc, floor): with rate 1 % and 10 000 rows, the 100th largest ratio.
+    Worked number: ratios 0.8, 0.9, 1.2, 2.0 and rate 25 % give factor 1.2, m = 0.2.
+    """
+    base = np.maximum(alloc, floor)
+    if y.size == 0:
+        return MarginResult(rate, float("nan"), float("nan"), float("nan"))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(base > 0, y / base, np.where(y > 0, np.inf, 0.0))
+    k = int(np.floor(rate * y.size))  # rows allowed above
+    srt = np.sort(ratio)
+    factor = srt[y.size - k - 1] if k < y.size else 0.0
+    if not np.isfinite(factor):
+        return MarginResult(rate, float("inf"), float("nan"), float("nan"))
+    a = base * factor
+    return MarginResult(rate, float(factor - 1.0), slack(y, a), violation_rate(y, a))
+
+
+def running_mean(y: np.ndarray) -> np.ndarray:
+    """Causal expanding mean over observed rows. y: (S, T, R) -> (S, T, R) (NaN before any)."""
+    ok = ~np.isnan(y)
+    total = np.cumsum(np.where(ok, y, 0.0), axis=1)
+    count = np.cumsum(ok, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)

@@ -1,0 +1,290 @@
+"""Replay traces through the live engine's predictor, calibrator and allocation policy.
+
+Online and causal: the forecast issued at step t is computed from rows <= t; the model
+is fine-tuned every ``retrain_every_s`` on rows before the retraining time only; the
+calibrator learns from a forecast only when its target time has passed; the allocation
+policy sees the forecasts issued at t. ``run_backtest`` is a list of named, timed steps:
+
+    align       put all series on one grid (they share a step; starts may differ)
+    forecast    block by block: retrain on the past, then batched inference for the block
+    calibrate   online conformal adjustment, step by step, vectorised over series
+    allocate    the violation-budget policy across the series alive at each step
+    baselines   reactive, max-1h, VPA, Autopilot, seasonal naive, oracle
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from prae.backtest.baselines import all_baselines
+from prae.model.calibration import CalibrationBank
+from prae.model.predictor import Predictor
+from prae.model.training import TrainingWindows, concat_windows, fit, windows_from_series
+from prae.policy.violation_budget import allocate_quantiles
+from prae.resources import QUANTILES, RESOURCES
+from prae.traces.series import Series
+
+
+@dataclass(frozen=True)
+class BacktestConfig:
+    lead_s: float = 900.0
+    violation_target: float = 0.01
+    seed: int = 0
+    retrain_every_s: float | None = 86400.0  # None: never retrain (pretrained model only)
+    retrain_windows: int = 4096  # windows sampled from the past at each retraining
+    retrain_epochs: int = 1
+    retrain_lr: float = 3e-4
+    warmup_s: float = 3600.0  # rows are emitted for issue steps after this much history
+    calibration_window: int = 200
+    calibration_gamma: float = 0.0  # adaptive conformal step; 0 = plain rolling window
+    season_s: float = 86400.0
+    extra_budgets: tuple[float, ...] = (0.01, 0.05)  # policy also run at these (metrics)
+
+    def validate(self, step_s: float, horizon_steps: int) -> int:
+        """Lead in steps; ValueError naming the rule otherwise."""
+        lead = self.lead_s / step_s
+        if lead < 1 or abs(lead - round(lead)) > 1e-9:
+            raise ValueError(
+                f"--lead-s {self.lead_s:g} must be a positive multiple of the grid step {step_s:g} s"
+            )
+        if round(lead) > horizon_steps:
+            raise ValueError(
+                f"--lead-s {self.lead_s:g} is {round(lead)} steps of {step_s:g} s; the model "
+                f"forecasts {horizon_steps} steps. Use a lead <= {horizon_steps * step_s:g} s "
+                "or a checkpoint with a longer horizon"
+            )
+        if not 0 < self.violation_target < 1:
+            raise ValueError(f"--violation-target must be in (0, 1), got {self.violation_target}")
+        return int(round(lead))
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Series on one time grid. y: (S, T, R) with NaN outside each series."""
+
+    series_ids: tuple[str, ...]
+    step_s: float
+    starts: np.ndarray  # (S,) each series' own start_s
+    offsets: np.ndarray  # (S,) grid index of each series' row 0
+    lengths: np.ndarray  # (S,)
+    y: np.ndarray
+    has_resource: np.ndarray  # (S, R) bool: resource observed at least once
+
+    @property
+    def n_steps(self) -> int:
+        return int(self.y.shape[1])
+
+
+@dataclass
+class BacktestResult:
+    config: BacktestConfig
+    grid: Grid
+    lead_steps: int
+    raw: np.ndarray  # (S, T, R, Q) model forecast issued at t for t + lead (NaN = none)
+    calibrated: np.ndarray  # (S, T, R, Q)
+    alloc: dict[float, np.ndarray]  # budget -> (S, T, R) PRAE allocation for t + lead
+    level: np.ndarray  # (S, T, R) level chosen at the violation target
+    baselines: dict[str, np.ndarray]  # name -> (S, T, R) value for t + lead
+    versions: list[tuple[float, str]] = field(default_factory=list)  # (from time, version)
+    train_log: list[dict[str, float]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def actual(self) -> np.ndarray:
+        """(S, T, R): the usage at each row's target time."""
+        return self.baselines["oracle"]
+
+    def emitted(self) -> np.ndarray:
+        """(S, T, R) bool: rows written to forecasts.parquet -- every issue step after the
+        first ``warmup_s`` of a series whose target is inside the series, for each
+        resource the series records."""
+        g = self.grid
+        t = np.arange(g.n_steps)[None, :]
+        local = t - g.offsets[:, None]
+        warm = int(math.ceil(self.config.warmup_s / g.step_s - 1e-9))
+        ok = (local >= warm) & (local + self.lead_steps <= g.lengths[:, None] - 1)
+        return ok[:, :, None] & g.has_resource[:, None, :] & ~np.isnan(self.raw[..., 0])
+
+    def scored(self) -> np.ndarray:
+        """(S, T, R) bool: emitted rows whose target was observed."""
+        return self.emitted() & ~np.isnan(self.actual)
+
+
+# ---------------------------------------------------------------------------- steps
+
+
+def align(series: list[Series]) -> Grid:
+    if not series:
+        raise ValueError("no series to backtest")
+    steps = {s.step_s for s in series}
+    if len(steps) != 1:
+        raise ValueError(f"all series must share one grid step, got {sorted(steps)}")
+    step = series[0].step_s
+    starts = np.array([s.start_s for s in series], dtype=np.float64)
+    origin = starts.min()
+    offsets = np.round((starts - origin) / step).astype(np.int64)
+    lengths = np.array([len(s) for s in series], dtype=np.int64)
+    t = int((offsets + lengths).max())
+    y = np.full((len(series), t, len(RESOURCES)), np.nan)
+    for i, s in enumerate(series):
+        y[i, offsets[i] : offsets[i] + lengths[i]] = s.values
+    has = ~np.isnan(y).all(axis=1)
+    return Grid(tuple(s.series_id for s in series), step, starts, offsets, lengths, y, has)
+
+
+def _retrain_windows(
+    grid: Grid, model: Predictor, until: int, cfg: BacktestConfig, k: int
+) -> TrainingWindows | None:
+    """Windows made only of rows before grid step ``until``, a seeded sample of them."""
+    items = []
+    for i in range(len(grid.series_ids)):
+        n_past = min(int(until - grid.offsets[i]), int(grid.lengths[i]))
+        if n_past < model.window_steps + model.horizon_steps:
+            continue
+        vals = grid.y[i, grid.offsets[i] : grid.offsets[i] + n_past]
+        items.append(windows_from_series(vals, None, model.window_steps, model.horizon_steps))
+    items = [w for w in items if len(w)]
+    if not items:
+        return None
+    w = concat_windows(items)
+    rng = np.random.default_rng([cfg.seed, k])
+    take = np.sort(rng.permutation(len(w))[: cfg.retrain_windows])
+    return TrainingWindows(w.values, w.shadow, w.starts[take], w.window_steps, w.horizon_steps)
+
+
+def forecast(
+    grid: Grid, predictor: Predictor, cfg: BacktestConfig, lead: int
+) -> tuple[np.ndarray, list[tuple[float, str]], list[dict[str, float]]]:
+    """Model forecasts for every issue step whose target is inside its series.
+
+    Returns raw (S, T, R, Q) float32, the model versions used (from which time), and the
+    retraining logs. ``predictor`` is not modified (a copy is fine-tuned).
+    """
+    model = copy.deepcopy(predictor)
+    s_n, t_n, r_n = grid.y.shape
+    w = model.window_steps
+    raw = np.full((s_n, t_n, r_n, len(QUANTILES)), np.nan, np.float32)
+    padded = [
+        np.concatenate(
+            [
+                np.full((w - 1, r_n), np.nan),
+                grid.y[i, grid.offsets[i] : grid.offsets[i] + grid.lengths[i]],
+            ]
+        ).astype(np.float32)
+        for i in range(s_n)
+    ]
+    every = max(1, int(round(cfg.retrain_every_s / grid.step_s))) if cfg.retrain_every_s else t_n
+    versions: list[tuple[float, str]] = []
+    logs: list[dict[str, float]] = []
+    origin = float(grid.starts.min())
+    for k, a in enumerate(range(0, t_n, every)):
+        b = min(t_n, a + every)
+        if k > 0 and cfg.retrain_every_s:
+            t_fit = time.perf_counter()
+            tw = _retrain_windows(grid, model, a, cfg, k)
+            if tw is not None:
+                log = fit(
+                    model,
+                    tw,
+                    epochs=cfg.retrain_epochs,
+                    lr=cfg.retrain_lr,
+                    seed=cfg.seed * 100_003 + k,
+                    val_fraction=0.0,
+                )
+                log["seconds"] = round(time.perf_counter() - t_fit, 3)
+                logs.append({"at_s": origin + a * grid.step_s, **log})
+        versions.append((origin + a * grid.step_s, model.version))
+        chunks, where = [], []
+        for i in range(s_n):
+            off, n = int(grid.offsets[i]), int(grid.lengths[i])
+            lo, hi = max(a - off, 0), min(b - off, n - lead)
+            if hi <= lo:
+                continue
+            win = sliding_window_view(padded[i], w, axis=0)[lo:hi]  # (n, R, W)
+            chunks.append(win.transpose(0, 2, 1))
+            where.append((i, off + lo, off + hi))
+        if not chunks:
+            continue
+        out = model.predict(np.concatenate(chunks))[:, lead - 1]  # (n, R, Q)
+        pos = 0
+        for i, t0, t1 in where:
+            raw[i, t0:t1] = out[pos : pos + t1 - t0]
+            pos += t1 - t0
+    return raw, versions, logs
+
+
+def calibrate(grid: Grid, raw: np.ndarray, cfg: BacktestConfig, lead: int) -> np.ndarray:
+    """Online conformal calibration: at step t, learn from targets that arrived at t
+    (issued at t - lead), then adjust the forecasts issued at t. (S, T, R, Q)."""
+    s_n, t_n = raw.shape[:2]
+    bank = CalibrationBank(s_n, window=cfg.calibration_window, gamma=cfg.calibration_gamma)
+    cal = np.full_like(raw, np.nan)
+    has = ~np.isnan(raw[..., 0, 0])  # (S, T)
+    for t in range(t_n):
+        tt = t - lead
+        if tt >= 0:
+            idx = np.flatnonzero(has[:, tt])
+            if idx.size:
+                bank.update(idx, raw[idx, tt], grid.y[idx, t], issued=cal[idx, tt])
+        idx = np.flatnonzero(has[:, t])
+        if idx.size:
+            cal[idx, t] = bank.adjust(idx, raw[idx, t])
+    return cal
+
+
+def allocate(cal: np.ndarray, budget: float, chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """PRAE's violation-budget allocation for every step: alloc, level (S, T, R)."""
+    s_n, t_n, r_n, _ = cal.shape
+    alloc = np.full((s_n, t_n, r_n), np.nan)
+    level = np.full((s_n, t_n, r_n), np.nan)
+    for a in range(0, t_n, chunk):
+        q = cal[:, a : a + chunk].transpose(1, 2, 0, 3).astype(np.float64)  # (T, R, S, Q)
+        res = allocate_quantiles(q, budget)
+        alloc[:, a : a + chunk] = res.alloc.transpose(2, 0, 1)
+        level[:, a : a + chunk] = res.level.transpose(2, 0, 1)
+    return alloc, level
+
+
+def run_backtest(series: list[Series], predictor: Predictor, cfg: BacktestConfig) -> BacktestResult:
+    """The whole replay; deterministic for ``cfg.seed``."""
+    timings: dict[str, float] = {}
+
+    def timed(name: str, t0: float) -> None:
+        timings[name] = round(time.perf_counter() - t0, 3)
+
+    t0 = time.perf_counter()
+    grid = align(series)
+    lead = cfg.validate(grid.step_s, predictor.horizon_steps)
+    timed("align", t0)
+
+    t0 = time.perf_counter()
+    raw, versions, logs = forecast(grid, predictor, cfg, lead)
+    timed("forecast", t0)
+    # of which retraining (the rest is batched inference)
+    timings["retrain"] = round(sum(log.get("seconds", 0.0) for log in logs), 3)
+
+    t0 = time.perf_counter()
+    cal = calibrate(grid, raw, cfg, lead)
+    timed("calibrate", t0)
+
+    t0 = time.perf_counter()
+    allocs: dict[float, np.ndarray] = {}
+    level = np.empty(0)
+    for budget in dict.fromkeys((cfg.violation_target, *cfg.extra_budgets)):
+        alloc, lv = allocate(cal, budget)
+        allocs[budget] = alloc
+        if budget == cfg.violation_target:
+            level = lv
+    timed("allocate", t0)
+
+    t0 = time.perf_counter()
+    base = all_baselines(grid.y, lead, grid.step_s, cfg.season_s)
+    timed("baselines", t0)
+
+    return BacktestResult(cfg, grid, lead, raw, cal, allocs, level, base, versions, logs, timings)

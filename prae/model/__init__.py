@@ -1,0 +1,28 @@
+"""Plain-torch forecaster: the quantile LSTM, its features, training, calibration and the
+predictor that Serve and ``prae backtest`` share. No Ray import anywhere in here.
+
+    module.py       QuantileLSTM (the nn.Module) and ModelConfig
+    features.py     raw windows -> scale-free features; model space <-> raw units
+    training.py     TrainingWindows, windows_from_series, concat_windows, fit (pinball)
+    predictor.py    Predictor: load/builtin/save/predict
+    checkpoint.py   the checkpoint file format (atomic save, validated load)
+    calibration.py  ConformalCalibrator / CalibrationBank: online per-workload intervals
+"""
+
+from prae.model.calibration import CalibrationBank, ConformalCalibrator
+from prae.model.module import ModelConfig, QuantileLSTM
+from prae.model.predictor import Predictor, builtin_checkpoint_path
+from prae.model.training import TrainingWindows, concat_windows, fit, windows_from_series
+
+__all__ = [
+    "CalibrationBank",
+    "ConformalCalibrator",
+    "ModelConfig",
+    "Predictor",
+    "QuantileLSTM",
+    "TrainingWindows",
+    "builtin_checkpoint_path",
+    "concat_windows",
+    "fit",
+    "windows_from_series",
+]

@@ -1,0 +1,170 @@
+"""Spend a violation budget where it is cheapest: per-workload reservation levels.
+
+Pure numpy, no Ray. Input: every workload's calibrated forecast quantiles for one
+resource at one target time; output: how much to reserve for each.
+
+The rule
+--------
+Reserving workload i at quantile level tau_i costs a_i(tau_i) (its forecast quantile)
+and leaves it short with probability 1 - tau_i. With a budget beta ("at most beta of
+workload-steps short") we pick one level per workload from ``LEVELS`` to
+
+    minimise  sum_i a_i(tau_i)    subject to    mean_i (1 - tau_i) <= beta.
+
+The Lagrangian solution: for a price lambda, every workload independently takes the
+level minimising ``a_i(tau) + lambda * (1 - tau)``; lambda is bisected to the smallest
+price whose choices fit the budget. A workload whose upper quantiles are close together
+(steady) keeps a high level because lowering it saves almost nothing; a spiky workload,
+whose q0.999 is far above its q0.95, takes the shortfall budget.
+
+Lagrangian choices can leave part of the budget unspent (the levels are discrete), so a
+second pass moves workloads one level down, best saving per unit of probability first,
+while the remaining budget allows.
+
+Worked number (budget 1 %, five steady workloads and one spiky, levels 0.95/0.99/0.999):
+
+    steady (x5): q0.95 = 10.0, q0.99 = 10.1, q0.999 = 10.2 cores
+    spiky  (x1): q0.95 =  4.0, q0.99 =  8.0, q0.999 = 16.0 cores
+
+One margin for all (every workload at q0.99, 1 % short) reserves 5 * 10.1 + 8.0 = 58.5
+cores. The budget is 6 * 1 % = 0.06 of shortfall probability: the steady ones at q0.999
+use 5 * 0.001 = 0.005, which leaves the spiky one q0.95 (0.05): 5 * 10.2 + 4.0 = 55.0
+cores, 0.92 % short -- 6 % fewer cores for the same violation budget.
+
+Levels above 0.99 are extrapolated with an exponential tail through q0.95 and q0.99:
+``q(tau) = q0.99 + (q0.99 - q0.95) * ln((1 - 0.99) / (1 - tau)) / ln(5)``; e.g.
+q0.95 = 4, q0.99 = 8 gives q0.999 = 8 + 4 * ln(10) / ln(5) = 13.7.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from prae.resources import QUANTILES
+
+LEVELS: tuple[float, ...] = (0.5, 0.9, 0.95, 0.99, 0.995, 0.999)
+
+
+@dataclass(frozen=True)
+class BudgetAllocation:
+    """alloc: shape (..., S) amounts to reserve; level: shape (..., S) the level chosen
+    (NaN where the workload had no forecast); price: shape (...) the lambda used."""
+
+    alloc: np.ndarray
+    level: np.ndarray
+    price: np.ndarray
+
+
+def tail_levels(
+    q: np.ndarray, quantiles: tuple[float, ...] = QUANTILES, levels: tuple[float, ...] = LEVELS
+) -> np.ndarray:
+    """Forecast values at ``levels``: known quantiles as they are, higher levels by the
+    exponential tail through q0.95 and q0.99.
+
+    q: shape (..., Q) -> shape (..., len(levels)), non-decreasing.
+    """
+    qs = list(quantiles)
+    q95, q99 = q[..., qs.index(0.95)], q[..., qs.index(0.99)]
+    cols = []
+    for tau in levels:
+        if tau in qs:
+            cols.append(q[..., qs.index(tau)])
+        elif tau > 0.99:
+            k = np.log(0.01 / (1.0 - tau)) / np.log(0.05 / 0.01)
+            cols.append(q99 + np.maximum(q99 - q95, 0.0) * k)
+        else:
+            raise ValueError(f"level {tau} is neither a forecast quantile nor above 0.99")
+    return np.maximum.accumulate(np.stack(cols, axis=-1), axis=-1)
+
+
+def allocate(
+    candidates: np.ndarray,
+    budget: float,
+    levels: tuple[float, ...] = LEVELS,
+    valid: np.ndarray | None = None,
+    iterations: int = 24,
+) -> BudgetAllocation:
+    """Choose one level per workload so the mean shortfall probability is <= ``budget``.
+
+    candidates: shape (..., S, K) reservation at each of the K ``levels`` (from
+        ``tail_levels``), non-decreasing in K; NaN rows are treated as not valid.
+    budget: allowed share of workload-steps short, in (0, 1), e.g. 0.01.
+    valid: shape (..., S) bool, workloads that take part (default: all non-NaN rows).
+    Leading dimensions (e.g. time steps, resources) are solved independently.
+    """
+    if not 0.0 < budget < 1.0:
+        raise ValueError(f"budget must be in (0, 1), got {budget}")
+    a = np.asarray(candidates, dtype=np.float64)
+    tau = np.asarray(levels, dtype=np.float64)
+    if a.shape[-1] != tau.size:
+        raise ValueError(f"candidates have {a.shape[-1]} levels, levels has {tau.size}")
+    ok = ~np.isnan(a).any(axis=-1)
+    if valid is not None:
+        ok &= np.asarray(valid, dtype=bool)
+    a = np.where(ok[..., None], a, 0.0)
+    n = ok.sum(axis=-1)  # (...)
+    miss = 1.0 - tau  # (K,)
+
+    base = a - 1e-12 * tau * (1.0 + np.abs(a))  # ties go to the highest level
+
+    def choose(price: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        k = np.argmin(base + price[..., None, None] * miss, axis=-1)
+        short = np.where(ok, miss[k], 0.0).sum(axis=-1)
+        return k, short
+
+    # price bracket per problem: the largest saving per unit of probability between two
+    # levels, times 4, down to a millionth of it (below that every choice is the lowest
+    # level); the bisection runs in log space, 24 halvings leave a factor of ~1.000001
+    span = np.where(ok[..., None], a[..., -1:] - a[..., :1], 0.0).max(axis=(-1, -2))
+    hi = np.maximum(span, 1e-300) / (np.diff(miss).__abs__().min() if tau.size > 1 else 1.0) * 4.0
+    lo = hi * 1e-9
+    allowed = budget * n
+    for _ in range(iterations):
+        mid = np.sqrt(lo * hi)  # geometric midpoint
+        _, short = choose(mid)
+        fits = short <= allowed + 1e-12
+        hi = np.where(fits, mid, hi)
+        lo = np.where(fits, lo, mid)
+    k, short = choose(hi)
+    k = _fill(a, k, ok, miss, allowed - short)
+    alloc = np.take_along_axis(a, k[..., None], axis=-1)[..., 0]
+    level = np.where(ok, tau[k], np.nan)
+    return BudgetAllocation(np.where(ok, alloc, np.nan), level, hi)
+
+
+def _fill(
+    a: np.ndarray, k: np.ndarray, ok: np.ndarray, miss: np.ndarray, left: np.ndarray
+) -> np.ndarray:
+    """Spend budget the Lagrangian left: move workloads one level down, best saving per
+    unit of shortfall probability first, while the cumulative extra shortfall fits."""
+    down = np.maximum(k - 1, 0)
+    can = ok & (k > 0)
+    extra = np.where(can, miss[down] - miss[k], np.inf)
+    save = (
+        np.take_along_axis(a, k[..., None], -1)[..., 0]
+        - np.take_along_axis(a, down[..., None], -1)[..., 0]
+    )
+    ratio = np.where(can & (save > 0), save / np.maximum(extra, 1e-15), -np.inf)
+    order = np.argsort(-ratio, axis=-1, kind="stable")
+    take = np.zeros(k.shape, dtype=bool)
+    left = left.copy()
+    for j in range(k.shape[-1]):  # greedy in ratio order, skipping moves that do not fit
+        i = order[..., j : j + 1]
+        ex = np.take_along_axis(extra, i, -1)[..., 0]
+        fits = (np.take_along_axis(ratio, i, -1)[..., 0] > 0) & (ex <= left + 1e-9)
+        np.put_along_axis(take, i, fits[..., None], -1)
+        left = np.where(fits, left - ex, left)
+    return np.where(take, down, k)
+
+
+def allocate_quantiles(
+    q: np.ndarray,
+    budget: float,
+    quantiles: tuple[float, ...] = QUANTILES,
+    levels: tuple[float, ...] = LEVELS,
+    valid: np.ndarray | None = None,
+) -> BudgetAllocation:
+    """``allocate`` from forecast quantiles. q: shape (..., S, Q) -> alloc (..., S)."""
+    return allocate(tail_levels(q, quantiles, levels), budget, levels, valid)

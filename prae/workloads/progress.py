@@ -1,0 +1,85 @@
+"""Progress from a workload to its sampler through one small file: cheap and crash-safe.
+
+The file holds one line ``<fraction> <unix ts> <phase>``. A Python workload rewrites it
+atomically (write a temporary file, ``os.replace``), at most every ``min_interval_s`` unless
+the phase changes. Any other program (kind ``command``) may also append such lines to
+``$PRAE_PROGRESS_FILE``, as ``<fraction> [phase]``: the reader takes the last complete line. If the workload crashes the
+file keeps the last value it reported.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Progress:
+    fraction: float  # 0..1, NaN if never reported
+    phase: str
+    ts: float
+
+
+UNKNOWN = Progress(math.nan, "", math.nan)
+
+
+class ProgressWriter:
+    def __init__(self, path: str | os.PathLike[str], min_interval_s: float = 0.1) -> None:
+        self.path = Path(path)
+        self.tmp = self.path.with_name(self.path.name + ".tmp")
+        self.min_interval_s = min_interval_s
+        self._last_write = 0.0
+        self._last: Progress = UNKNOWN
+
+    def report(self, fraction: float, phase: str | None = None, *, force: bool = False) -> None:
+        fraction = min(1.0, max(0.0, float(fraction)))
+        phase = self._last.phase if phase is None else phase.replace("\n", " ").strip()
+        now = time.time()
+        changed_phase = phase != self._last.phase
+        self._last = Progress(fraction, phase, now)
+        if (
+            force
+            or changed_phase
+            or fraction >= 1.0
+            or now - self._last_write >= self.min_interval_s
+        ):
+            self.tmp.write_text(f"{fraction:.6f} {now:.3f} {phase}\n")
+            os.replace(self.tmp, self.path)
+            self._last_write = now
+
+    @property
+    def last(self) -> Progress:
+        return self._last
+
+
+def read_progress(path: str | os.PathLike[str]) -> Progress:
+    """The last complete line of the progress file (``UNKNOWN`` if none yet)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 512))
+            tail = f.read()
+    except OSError:
+        return UNKNOWN
+    lines = tail.split(b"\n")
+    for line in reversed(lines[:-1]):  # a line without its newline may be half-written
+        parts = line.decode("utf-8", "replace").strip().split(None, 2)
+        try:
+            fraction = float(parts[0])
+        except (ValueError, IndexError):
+            continue
+        if not math.isfinite(fraction):
+            continue
+        # "<fraction> <ts> <phase>" as ProgressWriter writes it, or "<fraction> [phase]".
+        ts, rest = math.nan, parts[1:]
+        if rest:
+            try:
+                ts, rest = float(rest[0]), rest[1:]
+            except ValueError:
+                rest = [" ".join(rest)]
+        return Progress(min(1.0, max(0.0, fraction)), " ".join(rest).strip(), ts)
+    return UNKNOWN

@@ -1,0 +1,232 @@
+"""``prae backtest``: outputs, causality, determinism, baselines, metrics, bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from prae.backtest.__main__ import main as backtest_main
+from prae.backtest.baselines import autopilot, last_value, seasonal_naive, vpa, window_max
+from prae.backtest.metrics import slack_at_violation, wape
+from prae.backtest.runner import BacktestConfig, run_backtest
+from prae.model import ModelConfig, Predictor
+from prae.resources import QUANTILE_COLUMNS
+from prae.traces import load_trace
+
+STEP = 300
+TINY = ModelConfig(window_steps=16, horizon_steps=4, hidden_size=16)
+
+
+def make_long_table(n_series: int = 3, days: float = 2.0, seed: int = 0) -> pd.DataFrame:
+    """Irregular samples with gaps; one series has no disk/net, one is 64x bigger."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    n = int(days * 86400 / STEP)
+    for s in range(n_series):
+        t = 1_700_000_000 + s * 600 + np.arange(n) * STEP + rng.integers(-20, 20, n)
+        keep = rng.random(n) > 0.05  # 5 % of samples missing
+        size = 64.0 if s == 1 else 1.0
+        level = size * (1 + 0.5 * np.sin(2 * np.pi * np.arange(n) / 288)) * rng.lognormal(0, 0.3, n)
+        df = pd.DataFrame(
+            {
+                "series_id": f"s{s}",
+                "timestamp": t,
+                "cpu": level,
+                "mem": size * 1e9 * (1 + 0.1 * rng.random(n)),
+                "disk": np.nan if s == 2 else rng.exponential(1e6, n),
+                "net": np.nan if s == 2 else rng.exponential(1e5, n),
+            }
+        )
+        rows.append(df[keep])
+    return pd.concat(rows, ignore_index=True)
+
+
+@pytest.fixture(scope="module")
+def trace_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    p = tmp_path_factory.mktemp("trace") / "long.csv"
+    make_long_table().to_csv(p, index=False)
+    return p
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    p = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    Predictor.create(TINY, seed=0).save(p)
+    return p
+
+
+def cli(trace: Path, out: Path, ckpt: Path, *extra: str) -> int:
+    return backtest_main(
+        [
+            "--trace",
+            str(trace),
+            "--format",
+            "generic",
+            "--lead-s",
+            "900",
+            "--out",
+            str(out),
+            "--checkpoint",
+            str(ckpt),
+            "--retrain-every-s",
+            "43200",
+            "--retrain-windows",
+            "64",
+            *extra,
+        ]
+    )
+
+
+@pytest.fixture(scope="module")
+def cli_out(tmp_path_factory: pytest.TempPathFactory, trace_csv: Path, tiny_ckpt: Path) -> Path:
+    out = tmp_path_factory.mktemp("bt") / "out"
+    assert cli(trace_csv, out, tiny_ckpt) == 0
+    return out
+
+
+def test_cli_writes_forecasts_summary_and_plots(
+    cli_out: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    df = pd.read_parquet(cli_out / "forecasts.parquet")
+    assert list(df.columns[:4]) == ["series_id", "issued_at", "target_ts", "resource"]
+    assert set(QUANTILE_COLUMNS) | {"alloc"} <= set(df.columns)
+    assert ((df.target_ts - df.issued_at) == 900).all()
+    q = df[list(QUANTILE_COLUMNS)].to_numpy()
+    assert (np.diff(q, axis=1) >= 0).all() and (q >= 0).all() and df.alloc.notna().all()
+    # series s2 records no disk/net; every resource a series records has a row per step
+    assert set(df[df.series_id == "s2"].resource) == {"cpu", "mem"}
+    assert set(df[df.series_id == "s0"].resource) == {"cpu", "mem", "disk", "net"}
+    for sid, g in df.groupby("series_id"):
+        first = g.issued_at.min()
+        steps = g[g.resource == "cpu"].issued_at.diff().dropna()
+        assert (steps == STEP).all()  # every step, on the regular grid
+        assert first - start_of(sid) >= 3600 - 20  # nothing in the first hour
+    base = pd.read_parquet(cli_out / "baselines.parquet")
+    assert len(base) == len(df)
+    assert {"last_value", "max_1h", "vpa", "autopilot", "seasonal_naive", "oracle"} <= set(
+        base.columns
+    )
+    summary = pd.read_csv(cli_out / "summary.csv")
+    assert {"prae", "last_value", "vpa", "autopilot", "oracle"} <= set(summary.policy)
+    assert {"wape", "pinball", "cov_q0.9", "slack@1%", "slack@5%"} <= set(summary.columns)
+    assert (cli_out / "summary.txt").read_text().startswith("Per policy")
+    pytest.importorskip("matplotlib")
+    for png in ("slack_vs_violation.png", "coverage.png", "forecast_examples.png"):
+        assert (cli_out / png).stat().st_size > 1000
+
+
+def start_of(series_id: str) -> float:
+    df = make_long_table()
+    return float(df[df.series_id == series_id].timestamp.min())
+
+
+def test_same_seed_same_forecasts(
+    cli_out: Path, trace_csv: Path, tiny_ckpt: Path, tmp_path: Path
+) -> None:
+    assert cli(trace_csv, tmp_path / "again", tiny_ckpt, "--no-plots") == 0
+    a = pd.read_parquet(cli_out / "forecasts.parquet")
+    b = pd.read_parquet(tmp_path / "again" / "forecasts.parquet")
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_future_data_does_not_change_earlier_forecasts(trace_csv: Path) -> None:
+    series = load_trace(trace_csv, "generic")
+    cfg = BacktestConfig(retrain_every_s=43200, retrain_windows=64, seed=1)
+    predictor = Predictor.create(TINY, seed=0)
+    cut = series[0].start_s + 30 * 3600  # mid-block, after one retraining
+    a = run_backtest(series, predictor, cfg)
+    changed = []
+    for s in series:
+        v = s.values.copy()
+        v[s.timestamps > cut] *= 7.0
+        v[s.timestamps > cut + 7200, 0] = np.nan
+        changed.append(type(s)(s.series_id, s.start_s, s.step_s, v, s.source))
+    b = run_backtest(changed, predictor, cfg)
+    g = a.grid
+    issued = g.starts[:, None] + (np.arange(g.n_steps)[None, :] - g.offsets[:, None]) * g.step_s
+    before = issued <= cut
+    assert before.sum() > 100 and (~before).sum() > 100
+    for name in ("raw", "calibrated"):
+        x, y = getattr(a, name)[before], getattr(b, name)[before]
+        np.testing.assert_array_equal(x, y)
+    np.testing.assert_array_equal(a.alloc[0.01][before], b.alloc[0.01][before])
+    for k in a.baselines:
+        if k != "oracle":
+            np.testing.assert_array_equal(a.baselines[k][before], b.baselines[k][before])
+    assert not np.allclose(np.nan_to_num(a.raw[~before]), np.nan_to_num(b.raw[~before]))
+    assert predictor.version == Predictor.create(TINY, seed=0).version  # caller's model untouched
+    assert len({v for _, v in a.versions}) == len(a.versions) > 1  # retrained daily-ish
+
+
+def test_bad_inputs_exit_2_with_the_fix(
+    tmp_path: Path, tiny_ckpt: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli(tmp_path / "nope.csv", tmp_path / "o", tiny_ckpt) == 2
+    assert "nope.csv" in capsys.readouterr().err
+    bad = tmp_path / "bad.csv"
+    pd.DataFrame({"sid": ["a"], "timestamp": [0], "cpu": [1.0]}).to_csv(bad, index=False)
+    assert cli(bad, tmp_path / "o", tiny_ckpt) == 2
+    err = capsys.readouterr().err
+    assert "bad.csv" in err and "series_id" in err and "Fix" in err
+    good = tmp_path / "good.csv"
+    make_long_table(1, 0.5).to_csv(good, index=False)
+    assert (
+        backtest_main(
+            [
+                "--trace",
+                str(good),
+                "--lead-s",
+                "1000",
+                "--out",
+                str(tmp_path / "o"),
+                "--checkpoint",
+                str(tiny_ckpt),
+            ]
+        )
+        == 2
+    )
+    assert "multiple of the grid step" in capsys.readouterr().err
+    assert (
+        backtest_main(
+            [
+                "--trace",
+                str(good),
+                "--out",
+                str(tmp_path / "o"),
+                "--checkpoint",
+                str(tmp_path / "missing.pt"),
+            ]
+        )
+        == 2
+    )
+    assert "missing.pt" in capsys.readouterr().err
+
+
+def test_baselines_are_causal_and_right() -> None:
+    y = np.array([1.0, np.nan, 3.0, 2.0, 5.0, 4.0])[None, :, None]
+    np.testing.assert_array_equal(last_value(y)[0, :, 0], [1, 1, 3, 2, 5, 4])
+    np.testing.assert_array_equal(window_max(y, 3)[0, :, 0], [1, 1, 3, 3, 5, 5])
+    np.testing.assert_array_equal(seasonal_naive(y, 1, 3)[0, 2:, 0], [1, np.nan, 3, 2])
+    flat = np.full((1, 200, 2), 4.0)
+    v = vpa(flat, 12.0)[0, -1]
+    assert np.all((v >= 1.15 * 4.0) & (v <= 1.15 * 4.0 * 1.06))
+    spiky = np.where(np.arange(400) % 10 == 0, 10.0, 1.0)[None, :, None].repeat(2, axis=2)
+    ap = autopilot(spiky, 12.0)[0, -1]
+    assert np.all(ap >= 10.0)  # p95/p98 of a 10 %-of-the-time spike is the spike
+    # changing the future does not change an earlier recommendation
+    y2 = spiky.copy()
+    y2[:, 300:] = 50.0
+    np.testing.assert_array_equal(vpa(spiky, 12.0)[:, :300], vpa(y2, 12.0)[:, :300])
+
+
+def test_metrics_worked_numbers() -> None:
+    y = np.array([0.8, 0.9, 1.2, 2.0])
+    r = slack_at_violation(y, np.ones(4), np.zeros(4), 0.25)
+    assert r.margin == pytest.approx(0.2) and r.violation == pytest.approx(0.25)
+    assert r.slack == pytest.approx((0.4 + 0.3 + 0.0 + 0.0) / 4.8)
+    assert wape(np.array([1.0, 3.0]), np.array([2.0, 3.0])) == pytest.approx(0.25)
+    never = slack_at_violation(np.array([1.0, 1.0]), np.zeros(2), np.zeros(2), 0.0)
+    assert np.isinf(never.margin)

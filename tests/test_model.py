@@ -1,0 +1,198 @@
+"""The forecaster: predictor contract, training, checkpoints, calibration. No Ray."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from prae.errors import CheckpointError
+from prae.model import (
+    ConformalCalibrator,
+    ModelConfig,
+    Predictor,
+    builtin_checkpoint_path,
+    concat_windows,
+    fit,
+    windows_from_series,
+)
+from prae.model.calibration import CalibrationBank
+from prae.resources import QUANTILES
+
+TINY = ModelConfig(window_steps=16, horizon_steps=4, hidden_size=16)
+
+
+def make_series(n: int = 300, seed: int = 0, level: float = 4.0) -> np.ndarray:
+    """A noisy daily-ish pattern in raw units: cores, bytes, bytes/s, bytes/s."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    base = 1.0 + 0.5 * np.sin(2 * np.pi * t / 48)
+    scales = np.array([level, 2e9, 1e6, 5e5])
+    x = base[:, None] * scales * rng.lognormal(0, 0.2, size=(n, 4))
+    return x
+
+
+@pytest.fixture(scope="module")
+def tiny_trained() -> Predictor:
+    p = Predictor.create(TINY, seed=0)
+    w = concat_windows(
+        [windows_from_series(make_series(seed=s), None, 16, 4, stride=2) for s in range(3)]
+    )
+    fit(p, w, epochs=2, seed=0, batch_size=64)
+    return p
+
+
+def test_predict_shape_monotone_nonnegative(tiny_trained: Predictor) -> None:
+    live = make_series(40)[None].repeat(3, axis=0)
+    out = tiny_trained.predict(live)
+    assert out.shape == (3, 4, 4, len(QUANTILES))
+    assert out.dtype == np.float32
+    assert (out >= 0).all()
+    assert (np.diff(out, axis=-1) >= 0).all()
+    assert tiny_trained.quantiles == QUANTILES
+
+
+def test_predict_short_long_and_missing_windows(tiny_trained: Predictor) -> None:
+    x = make_series(40)[None]
+    short = tiny_trained.predict(x[:, -3:])  # left-padded with NaN
+    long = tiny_trained.predict(x)  # truncated to the last 16 steps
+    assert np.allclose(long, tiny_trained.predict(x[:, -16:]))
+    assert np.isfinite(short).all()
+    gappy = x.copy()
+    gappy[0, ::3] = np.nan
+    gappy[0, :, 2] = np.nan  # disk never observed -> forecast 0
+    out = tiny_trained.predict(gappy)
+    assert np.isfinite(out).all() and (out[0, :, 2] == 0).all()
+
+
+def test_scale_free(tiny_trained: Predictor) -> None:
+    x = make_series(16)[None]
+    a = tiny_trained.predict(x)
+    b = tiny_trained.predict(x * 64.0)
+    np.testing.assert_allclose(b, a * 64.0, rtol=1e-4)
+
+
+def test_shadow_rows_accepted(tiny_trained: Predictor) -> None:
+    x = make_series(16)[None].repeat(2, axis=0)
+    shadow = np.full_like(x, np.nan)
+    shadow[1] = x[1] * 0.1
+    out = tiny_trained.predict(x, shadow)
+    assert out.shape == (2, 4, 4, 5)
+    np.testing.assert_allclose(out[0], tiny_trained.predict(x[:1])[0], rtol=1e-5)
+
+
+def test_large_batch() -> None:
+    p = Predictor.create(TINY)
+    out = p.predict(np.random.default_rng(0).random((9000, 16, 4)))
+    assert out.shape == (9000, 4, 4, 5)
+
+
+def test_fit_is_deterministic_and_changes_version() -> None:
+    w = windows_from_series(make_series(200), None, 16, 4)
+    a, b = Predictor.create(TINY, seed=1), Predictor.create(TINY, seed=1)
+    v0 = a.version
+    ra = fit(a, w, epochs=2, seed=3, batch_size=32)
+    rb = fit(b, w, epochs=2, seed=3, batch_size=32)
+    assert ra == rb and set(ra) >= {"loss", "val_loss"}
+    assert a.version == b.version != v0
+
+
+def test_fit_reduces_loss() -> None:
+    w = windows_from_series(make_series(400), None, 16, 4)
+    p = Predictor.create(TINY, seed=0)
+    first = fit(p, w, epochs=1, seed=0, batch_size=32)["val_loss"]
+    later = fit(p, w, epochs=2, seed=0, batch_size=32)["val_loss"]
+    assert later < first
+
+
+def test_windows_and_concat() -> None:
+    x = make_series(50)
+    w = windows_from_series(x, None, 16, 4, stride=1)
+    assert len(w) == 50 - 20 + 1
+    live, shadow, y = w.batch(np.array([0, 5]))
+    assert live.shape == (2, 16, 4) and y.shape == (2, 4, 4) and shadow is None
+    np.testing.assert_allclose(y[1], x[21:25].astype(np.float32))
+    both = concat_windows([w, windows_from_series(x[:30], x[:30] * 0.5, 16, 4)])
+    assert len(both) == len(w) + 11
+    _, sh, _ = both.batch(np.array([0, len(w)]))
+    assert np.isnan(sh[0]).all() and np.isfinite(sh[1]).all()
+    assert len(windows_from_series(x[:10], None, 16, 4)) == 0
+
+
+def test_checkpoint_round_trip(tmp_path: Path, tiny_trained: Predictor) -> None:
+    path = tmp_path / "sub" / "m.pt"
+    tiny_trained.save(path, metadata={"note": "test"})
+    back = Predictor.load(path)
+    x = make_series(30)[None]
+    np.testing.assert_array_equal(back.predict(x), tiny_trained.predict(x))
+    assert back.version == tiny_trained.version
+    assert back.metadata["note"] == "test"
+    assert [p.name for p in path.parent.iterdir()] == ["m.pt"]  # no temp file left
+
+
+def test_checkpoint_errors_say_the_fix(tmp_path: Path, tiny_trained: Predictor) -> None:
+    with pytest.raises(CheckpointError, match="not found.*Fix"):
+        Predictor.load(tmp_path / "nope.pt")
+    bad = tmp_path / "corrupt.pt"
+    bad.write_bytes(b"this is not a checkpoint")
+    with pytest.raises(CheckpointError, match="corrupt.pt.*Fix"):
+        Predictor.load(bad)
+    good = tmp_path / "good.pt"
+    tiny_trained.save(good)
+    blob = torch.load(good, weights_only=True)
+    blob["state_dict"]["head.2.weight"] = torch.zeros(3, 3)
+    torch.save(blob, tmp_path / "shape.pt")
+    with pytest.raises(CheckpointError, match="shape.*Fix"):
+        Predictor.load(tmp_path / "shape.pt")
+    truncated = tmp_path / "trunc.pt"
+    truncated.write_bytes(good.read_bytes()[:200])
+    with pytest.raises(CheckpointError):
+        Predictor.load(truncated)
+
+
+def test_shipped_checkpoint_loads_and_forecasts() -> None:
+    assert builtin_checkpoint_path().is_file()
+    assert builtin_checkpoint_path().stat().st_size < 3_000_000
+    p = Predictor.builtin()
+    assert p.quantiles == QUANTILES and p.window_steps > 0 and p.horizon_steps > 0
+    x = make_series(p.window_steps)[None]
+    out = p.predict(x)
+    assert out.shape == (1, p.horizon_steps, 4, 5)
+    assert np.isfinite(out).all() and (np.diff(out, axis=-1) >= 0).all()
+    # a steady CPU around 4 cores is forecast around 4 cores, not off by orders of magnitude
+    med = out[0, 0, 0, QUANTILES.index(0.5)]
+    assert 1.0 < med < 16.0
+
+
+def test_calibrator_fixes_too_narrow_intervals() -> None:
+    rng = np.random.default_rng(0)
+    cal = ConformalCalibrator(window=200, gamma=0.01)
+    z = np.array([-1.2816, 0.0, 1.2816, 1.6449, 2.3263])  # true N(10, 2) quantiles / 2
+    narrow = 10.0 + np.tile(z * 0.5, (4, 1))  # model thinks sd = 0.5, truth is 2
+    for _ in range(600):
+        y = 10.0 + 2.0 * rng.standard_normal(4)
+        cal.update(narrow, y, issued=cal.adjust(narrow))
+    adj = cal.adjust(narrow)
+    assert adj.shape == (4, 5) and (np.diff(adj, axis=-1) >= 0).all()
+    np.testing.assert_allclose(adj[0, 2], 10.0 + 2.0 * 1.2816, atol=0.6)
+    cov = cal.coverage()
+    assert 0.84 < cov["cpu.q0.9"] < 0.95
+    assert 0.7 < cov["cpu.interval80"] < 0.9
+
+
+def test_calibration_bank_matches_single_calibrators() -> None:
+    rng = np.random.default_rng(1)
+    bank = CalibrationBank(2)
+    singles = [ConformalCalibrator(), ConformalCalibrator()]
+    pred = np.sort(rng.random((50, 2, 4, 5)) * 10, axis=-1)
+    act = rng.random((50, 2, 4)) * 10
+    for t in range(50):
+        bank.update(np.arange(2), pred[t], act[t])
+        for i in range(2):
+            singles[i].update(pred[t, i], act[t, i])
+    for i in range(2):
+        np.testing.assert_allclose(
+            bank.adjust(np.array([i]), pred[0, i : i + 1])[0], singles[i].adjust(pred[0, i])
+        )

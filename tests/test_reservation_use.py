@@ -1,0 +1,177 @@
+"""On local Ray: the live workload's tasks and actors really run in its reservation.
+
+The broker (with the real Ray backend) reserves; ReservationPlacer finds the groups by
+name and schedules into them; what does not fit goes outside (the reactive path); a
+group in use is never removed to shrink; a restarted broker adopts its groups; nothing
+leaks.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+import ray  # noqa: E402
+from ray.util.placement_group import placement_group_table  # noqa: E402
+
+from prae.engine.broker import ReservationBroker  # noqa: E402
+from prae.engine.ray_backends import RayPlacementBackend  # noqa: E402
+from prae.engine.reservations_use import ReservationPlacer, reservation_groups, strategy_into  # noqa: E402
+from prae.policy.requests import Interval, ResourceRequest  # noqa: E402
+
+pytestmark = pytest.mark.ray
+PREFIX = "t-use-"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    ray.init(
+        address="local",
+        num_cpus=8,
+        include_dashboard=False,
+        object_store_memory=200 * 1024**2,
+        log_to_driver=False,
+    )
+    yield
+    ray.shutdown()
+
+
+def req(name: str, cpu: float, unit: float = 1.0) -> ResourceRequest:
+    iv = Interval(cpu, cpu, cpu)
+    return ResourceRequest(
+        workload=name,
+        issued_at=0.0,
+        needed_at=5.0,
+        cpu_expected=cpu,
+        mem_expected=0.0,
+        cpu=cpu,
+        mem=0.0,
+        cpu_interval=iv,
+        mem_interval=iv,
+        confidence=0.9,
+        priority=0,
+        max_pending_s=None,
+        realisation="placement_group",
+        reason="live_trend",
+        bundle_cpu=unit,
+    )
+
+
+def wait_ready(
+    broker: ReservationBroker, workload: str, cpu: float, now: float, timeout_s: float = 30
+) -> None:
+    deadline = time.time() + timeout_s
+    while broker.ready_amount(workload)[0] < cpu:
+        assert time.time() < deadline, broker.records()
+        time.sleep(0.1)
+        broker.apply([req(workload, cpu)], now)
+
+
+def live_names(prefix: str) -> set[str]:
+    return {
+        i["name"]
+        for i in placement_group_table().values()
+        if (i.get("name") or "").startswith(prefix) and i["state"] != "REMOVED"
+    }
+
+
+@ray.remote
+def where(hold_s: float = 0.0) -> str | None:
+    time.sleep(hold_s)
+    return ray.get_runtime_context().get_placement_group_id()
+
+
+@ray.remote
+class Worker:
+    def group(self) -> str | None:
+        return ray.get_runtime_context().get_placement_group_id()
+
+
+def test_tasks_and_actors_run_in_the_reservation_and_overflow_goes_outside():
+    broker = ReservationBroker(RayPlacementBackend(), None, PREFIX)
+    broker.apply([req("etl", 2)], now=1.0)
+    wait_ready(broker, "etl", 2, now=1.0)
+    (name,) = broker.ready_group_names("etl")
+    ((pg, bundles),) = reservation_groups(PREFIX, "etl")
+    assert bundles == [{"CPU": 1.0}, {"CPU": 1.0}]  # one bundle per 1-core unit
+
+    # by name, as the broker exposes it
+    assert (
+        ray.get(where.options(num_cpus=1, scheduling_strategy=strategy_into(name)).remote())
+        == pg.id.hex()
+    )
+
+    placer = ReservationPlacer(PREFIX, "etl")
+    refs = [placer.submit(where, 2.0, num_cpus=1) for _ in range(3)]
+    groups = ray.get(refs)
+    assert groups[:2] == [pg.id.hex()] * 2  # the reserved bundles are used ...
+    assert groups[2] is None  # ... and the third, beyond the forecast, is not held back
+    assert (placer.placed, placer.overflow) == (2, 1)
+
+    actor = placer.create_actor(Worker, num_cpus=1)  # the tasks are done: room again
+    assert ray.get(actor.group.remote()) == pg.id.hex()
+    ray.kill(actor)
+    placer.forget(actor)
+    broker.release_all(now=2.0)
+    time.sleep(0.5)
+    assert live_names(PREFIX) == set()
+
+
+def test_shrink_spares_groups_in_use_and_growth_is_seen_by_the_placer():
+    broker = ReservationBroker(RayPlacementBackend(), None, PREFIX)
+    broker.apply([req("train", 1)], now=1.0)
+    wait_ready(broker, "train", 1, now=1.0)
+    broker.apply([req("train", 3)], now=2.0)  # grow: a second group for 2 more cores
+    wait_ready(broker, "train", 3, now=2.0)
+    placer = ReservationPlacer(PREFIX, "train", refresh_s=0.0)
+    assert placer.reserved() == (0.0, 0.0)
+    placer.refresh(force=True)
+    assert placer.reserved()[0] == 3.0
+
+    first, second = broker.ready_group_names("train")
+    busy = where.options(num_cpus=1, scheduling_strategy=strategy_into(second, 0)).remote(4.0)
+    time.sleep(1.5)  # let the raylet report the bundle as taken
+    broker.apply([req("train", 1)], now=3.0)  # shrink to 1: the 2-core group is in use ...
+    time.sleep(0.5)
+    assert live_names(PREFIX) == {second}  # ... so the unused 1-core one goes instead
+    assert broker.ready_amount("train") == (2.0, 0.0)
+    ray.get(busy)
+    time.sleep(1.5)
+    broker.apply([req("train", 1)], now=4.0)  # never below the target: 2 cores stay
+    assert live_names(PREFIX) == {second}
+    ((pg, _),) = reservation_groups(PREFIX, "train")
+    assert (
+        ray.get(placer.submit(where, num_cpus=1)) == pg.id.hex()
+    )  # the placer dropped the removed one
+    broker.release_all(now=5.0)
+
+
+def test_restarted_broker_adopts_its_groups_and_nothing_leaks():
+    first = ReservationBroker(RayPlacementBackend(), None, PREFIX)
+    first.apply([req("svc", 2), req("gone", 1)], now=1.0)
+    wait_ready(first, "svc", 2, now=1.0)
+    names = live_names(PREFIX)
+    assert len(names) == 2
+    # the allocator actor dies and restarts: a new broker, same prefix, same cluster
+    second = ReservationBroker(RayPlacementBackend(), None, PREFIX, adopt_grace_s=0.0)
+    assert second.adopted == 2
+    second.apply([req("svc", 2)], now=10.0)
+    assert second.ready_amount("svc") == (2.0, 0.0)
+    time.sleep(0.5)
+    assert live_names(PREFIX) == {n for n in names if "-svc-" in n}  # the unclaimed one is gone
+    second.release_all(now=11.0)
+    time.sleep(0.5)
+    assert live_names(PREFIX) == set()
+
+
+def test_placer_from_env(monkeypatch):
+    monkeypatch.delenv("PRAE_RESERVATION_PREFIX", raising=False)
+    assert ReservationPlacer.from_env() is None  # not started under PRAE: schedule as usual
+    monkeypatch.setenv("PRAE_RESERVATION_PREFIX", PREFIX)
+    monkeypatch.setenv("PRAE_WORKLOAD", "etl")
+    placer = ReservationPlacer.from_env()
+    assert placer is not None and (placer.prefix, placer.workload) == (PREFIX, "etl")

@@ -1,0 +1,445 @@
+"""Workloads as child process trees, without Ray: kinds, shadows, isolation, bad definitions."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from prae.config import Phase, Profile, ShadowSpec, WorkloadSpec, parse_config
+from prae.errors import ConfigError, WorkloadError
+from prae.telemetry.sample import TelemetrySample
+from prae.workloads.process import WorkloadProcess
+from prae.workloads.sandbox import landlock_abi
+
+SMALL = {
+    "etl": {"rows": 60_000, "partitions": 4, "customers": 5_000},
+    "train": {"samples": 20_000, "epochs": 2, "hidden": 128},
+    "replay": {"steps": 6, "step_s": 0.4, "mem_max": 64 * 1024**2, "disk_max": 8e6, "net_max": 8e6},
+    "service": {"steps": 6, "step_s": 0.5, "rps_max": 80.0, "cache_mb": 16.0},
+}
+
+USER_MODULE = textwrap.dedent(
+    """
+    import os, signal, time
+    from pathlib import Path
+
+    def spin(ctx):
+        n, t = 0, time.time()
+        blob = bytearray(30 * 1024 * 1024)
+        while time.time() - t < (0.3 if ctx.is_shadow else 1.5):
+            n += 1
+            ctx.report_progress(min(1.0, (time.time() - t) / 1.5), "spin")
+        (ctx.data_dir / "out.bin").write_bytes(os.urandom(4_000_000))
+        os.sync()
+        return {"n": n, "role": ctx.role, "fraction": ctx.fraction, "picked": ctx.select(list(range(100)))}
+
+    def crash_if_shadow(ctx):
+        if ctx.is_shadow:
+            raise RuntimeError("shadow blew up")
+        return spin(ctx)
+
+    def hang_if_shadow(ctx):
+        if ctx.is_shadow:
+            time.sleep(3600)
+        return spin(ctx)
+
+    def vandal(ctx):
+        # A shadow that tries to damage the live run: overwrite, delete, rename its data,
+        # and kill its process.
+        target = Path(ctx.params["victim_dir"]) / "data" / "precious.txt"
+        tried = {}
+        for name, act in [
+            ("overwrite", lambda: target.write_text("corrupted")),
+            ("delete", lambda: target.unlink()),
+            ("rename", lambda: os.rename(target, ctx.work_dir / "stolen")),
+            ("new_file", lambda: (target.parent / "planted.txt").write_text("x")),
+            ("kill_live", lambda: os.kill(int(ctx.params["victim_pid"]), signal.SIGKILL)),
+        ]:
+            try:
+                act()
+                tried[name] = "done"
+            except OSError as exc:
+                tried[name] = type(exc).__name__
+        (ctx.work_dir / "mine.txt").write_text("own dir is fine")
+        return tried
+    """
+)
+
+
+@pytest.fixture()
+def user_module(tmp_path, monkeypatch) -> Path:
+    mod_dir = tmp_path / "usermods"
+    mod_dir.mkdir()
+    (mod_dir / "prae_test_jobs.py").write_text(USER_MODULE)
+    monkeypatch.syspath_prepend(str(mod_dir))
+    monkeypatch.setenv("PYTHONPATH", str(mod_dir))
+    return mod_dir
+
+
+def run_to_end(
+    wp: WorkloadProcess, timeout_s: float = 90.0, interval_s: float = 0.25
+) -> list[TelemetrySample]:
+    """Start (if needed) and sample until the workload exits."""
+    if wp.pid is None:
+        wp.start()
+    samples = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            time.sleep(interval_s)
+            samples.append(wp.sample())
+            if wp.exit_code() is not None:
+                return samples
+        raise AssertionError(f"{wp} did not finish in {timeout_s}s")
+    finally:
+        wp.stop(grace_s=1.0)
+
+
+def run_together(*wps: WorkloadProcess, timeout_s: float = 90.0) -> list[list[TelemetrySample]]:
+    """Start them all and sample each until every one has exited."""
+    for wp in wps:
+        wp.start()
+    out: list[list[TelemetrySample]] = [[] for _ in wps]
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            time.sleep(0.25)
+            for wp, samples in zip(wps, out, strict=True):
+                if wp.exit_code() is None or not samples or samples[-1].mem > 0:
+                    samples.append(wp.sample())
+            if all(wp.exit_code() is not None for wp in wps):
+                return out
+        raise AssertionError(f"{wps} did not finish in {timeout_s}s")
+    finally:
+        for wp in wps:
+            wp.stop(grace_s=1.0)
+
+
+def assert_uses(samples: list[TelemetrySample], resources: tuple[str, ...]) -> None:
+    arr = np.stack([s.as_array() for s in samples])
+    names = ("cpu", "mem", "disk", "net")
+    for r in resources:
+        assert arr[:, names.index(r)].max() > 0, (
+            f"{r} never measured above 0: {arr[:, names.index(r)]}"
+        )
+
+
+def spec(kind: str, **kw: Any) -> WorkloadSpec:
+    params = kw.pop("params", SMALL.get(kind, {}))
+    return WorkloadSpec(name=kw.pop("name", f"t-{kind}"), kind=kind, params=params, **kw)  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------- kinds
+
+
+USES = {
+    "etl": ("cpu", "mem", "disk"),
+    "train": ("cpu", "mem", "disk"),
+    "replay": ("cpu", "mem", "disk", "net"),
+    "service": ("cpu", "mem", "disk", "net"),
+}
+
+
+@pytest.mark.parametrize("kind", list(USES))
+def test_builtin_runs_and_uses_its_resources(kind, tmp_path) -> None:
+    wp = WorkloadProcess(spec(kind), "live", tmp_path / "live")
+    samples = run_to_end(wp, interval_s=0.1)
+    assert wp.exit_code() == 0, wp.error()
+    assert_uses(samples, USES[kind])
+    assert samples[-1].progress == 1.0
+    if kind in ("etl", "train"):
+        assert len({s.phase for s in samples if s.phase}) >= 3  # several distinct phases reported
+    progress = [s.progress for s in samples if not math.isnan(s.progress)]
+    assert progress == sorted(progress)
+    assert wp.result() and wp.cost_cpu_seconds > 0.3
+
+
+def test_sample_shadow_is_smaller_and_sandboxed(tmp_path) -> None:
+    s = spec(
+        "etl",
+        params={**SMALL["etl"], "rows": 200_000},
+        shadow=ShadowSpec(mode="sample", fraction=0.1),
+    )
+    shadow = WorkloadProcess(s, "shadow", tmp_path / "shadow")
+    run_to_end(shadow)
+    assert shadow.exit_code() == 0, shadow.error()
+    assert shadow.result()["rows"] == 20_000
+    if landlock_abi() >= 1:
+        assert shadow.meta()["sandbox"].startswith("landlock")
+
+
+def test_python_kind_gets_a_context(tmp_path, user_module) -> None:
+    s = spec("python", entrypoint="prae_test_jobs:spin", shadow=ShadowSpec(fraction=0.2))
+    live = WorkloadProcess(s, "live", tmp_path / "live")
+    shadow = WorkloadProcess(s, "shadow", tmp_path / "shadow")
+    live.start()
+    shadow.start()
+    samples = run_to_end(live)
+    run_to_end(shadow)
+    assert live.exit_code() == 0, live.error()
+    assert shadow.exit_code() == 0, shadow.error()
+    assert_uses(samples, ("cpu", "mem", "disk"))
+    assert live.result()["role"] == "live" and live.result()["picked"] == list(range(100))
+    picked = shadow.result()["picked"]
+    assert shadow.result()["fraction"] == 0.2 and len(picked) == 20 and picked != list(range(20))
+    assert (tmp_path / "shadow" / "data" / "out.bin").exists()
+
+
+def test_command_kind_gets_its_role_through_the_environment(tmp_path) -> None:
+    script = tmp_path / "job.sh"
+    script.write_text(
+        textwrap.dedent(
+            """\
+            #!/bin/sh
+            echo "0.5 half" >> "$PRAE_PROGRESS_FILE"
+            head -c 3000000 /dev/urandom > "$PRAE_DATA_DIR/blob"
+            sync
+            i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done
+            echo "{\\"role\\": \\"$PRAE_ROLE\\", \\"fraction\\": $PRAE_FRACTION}" > "$PRAE_RESULT_FILE"
+            echo "1.0 done" >> "$PRAE_PROGRESS_FILE"
+            """
+        )
+    )
+    script.chmod(0o755)
+    wp = WorkloadProcess(spec("command", entrypoint=str(script)), "shadow", tmp_path / "shadow")
+    samples = run_to_end(wp)
+    assert wp.exit_code() == 0, wp.error()
+    assert wp.result() == {"role": "shadow", "fraction": 0.05}
+    assert samples[-1].progress == 1.0 and samples[-1].phase == "done"
+    assert_uses(samples, ("cpu", "disk"))
+
+
+def test_failing_command_reports_its_exit_code(tmp_path) -> None:
+    wp = WorkloadProcess(
+        spec("command", entrypoint="sh -c 'echo boom >&2; exit 7'"), "live", tmp_path
+    )
+    run_to_end(wp)
+    assert wp.exit_code() == 7
+    assert "boom" in (wp.error() or "")
+    assert wp.result() is None
+
+
+# ----------------------------------------------------------------------------- shadows never hurt the live run
+
+
+def test_crashing_shadow_leaves_the_live_run_alone(tmp_path, user_module) -> None:
+    s = spec("python", entrypoint="prae_test_jobs:crash_if_shadow")
+    live = WorkloadProcess(s, "live", tmp_path / "live")
+    shadow = WorkloadProcess(s, "shadow", tmp_path / "shadow")
+    live.start()
+    shadow.start()
+    run_to_end(shadow)
+    run_to_end(live)
+    assert shadow.exit_code() == 1 and "shadow blew up" in (shadow.error() or "")
+    assert live.exit_code() == 0 and live.result()["role"] == "live"
+
+
+def test_hanging_shadow_is_stopped_at_its_timeout(tmp_path, user_module) -> None:
+    s = spec("python", entrypoint="prae_test_jobs:hang_if_shadow", shadow=ShadowSpec(timeout_s=1.0))
+    live = WorkloadProcess(s, "live", tmp_path / "live")
+    shadow = WorkloadProcess(s, "shadow", tmp_path / "shadow")
+    live.start()
+    shadow.start()
+    t = time.monotonic()
+    run_to_end(shadow, timeout_s=15)
+    assert time.monotonic() - t < 8
+    assert shadow.timed_out and shadow.exit_code() == 128 + 15
+    assert "timeout_s" in (shadow.error() or "")
+    run_to_end(live)
+    assert live.exit_code() == 0
+
+
+@pytest.mark.skipif(
+    landlock_abi() < 6, reason="needs Landlock ABI 6 (Linux 6.12) for signal scoping"
+)
+def test_shadow_cannot_touch_live_data_or_process(tmp_path, user_module) -> None:
+    live_dir = tmp_path / "live"
+    (live_dir / "data").mkdir(parents=True)
+    precious = live_dir / "data" / "precious.txt"
+    precious.write_text("live results")
+    victim = WorkloadProcess(spec("python", entrypoint="prae_test_jobs:spin"), "live", live_dir)
+    victim.start()
+    params = {"victim_dir": str(live_dir), "victim_pid": victim.pid}
+    shadow = WorkloadProcess(
+        spec("python", entrypoint="prae_test_jobs:vandal", params=params),
+        "shadow",
+        tmp_path / "shadow",
+    )
+    run_to_end(shadow)
+    assert shadow.exit_code() == 0, shadow.error()
+    tried = shadow.result()
+    assert all(v != "done" for v in tried.values()), tried
+    assert precious.read_text() == "live results"
+    assert not (live_dir / "data" / "planted.txt").exists()
+    assert (tmp_path / "shadow" / "mine.txt").exists()
+    run_to_end(victim)
+    assert victim.exit_code() == 0
+
+
+def test_stop_ends_the_whole_tree_and_is_idempotent(tmp_path) -> None:
+    code = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); time.sleep(600)"
+    wp = WorkloadProcess(
+        spec("command", entrypoint=f'{sys.executable} -c "{code}"'), "live", tmp_path
+    )
+    wp.start()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and wp.sample() and len(wp._tree_pids()) < 2:
+        time.sleep(0.1)
+    pids = wp._tree_pids()
+    assert len(pids) >= 2
+    wp.stop(grace_s=2.0)
+    wp.stop()
+    assert wp.exit_code() == 128 + 15
+    for pid in pids:
+        assert (
+            not Path(f"/proc/{pid}").exists()
+            or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[1][:3]
+        )
+
+
+# ----------------------------------------------------------------------------- bad definitions
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "role", "error", "match"),
+    [
+        (
+            {"kind": "etl", "params": {"rowz": 5}},
+            "live",
+            ConfigError,
+            r"params.rowz.*unknown parameter",
+        ),
+        (
+            {"kind": "etl", "params": {"rows": "many"}},
+            "live",
+            ConfigError,
+            r"params.rows.*must be int",
+        ),
+        ({"kind": "train", "params": {"epochs": 0}}, "live", ConfigError, r"params.epochs.*>= 1"),
+        (
+            {"kind": "python", "entrypoint": "no_such_module_xyz:f"},
+            "live",
+            ConfigError,
+            r"not importable",
+        ),
+        (
+            {"kind": "command", "entrypoint": "no-such-program-xyz --x"},
+            "live",
+            ConfigError,
+            r"not an executable",
+        ),
+        (
+            {"kind": "etl", "shadow": ShadowSpec(mode="mirror")},
+            "live",
+            ConfigError,
+            r"takes no requests",
+        ),
+        (
+            {"kind": "train", "shadow": ShadowSpec(mode="simulate")},
+            "live",
+            ConfigError,
+            r"profile.phases",
+        ),
+        ({"kind": "etl", "shadow": ShadowSpec(mode="none")}, "shadow", WorkloadError, r"no shadow"),
+        ({"kind": "etl"}, "standby", WorkloadError, r"role must be"),
+    ],
+)
+def test_bad_definitions_fail_before_running(kwargs, role, error, match, tmp_path) -> None:
+    name = "bad"
+    kind = kwargs.pop("kind")
+    with pytest.raises(error, match=match):
+        WorkloadProcess(WorkloadSpec(name=name, kind=kind, **kwargs), role, tmp_path)
+    assert not (tmp_path / ".prae").exists()
+
+
+def test_a_python_workload_that_cannot_load_says_why(tmp_path, user_module) -> None:
+    wp = WorkloadProcess(
+        spec("python", entrypoint="prae_test_jobs:no_such_function"), "live", tmp_path
+    )
+    run_to_end(wp)
+    assert wp.exit_code() == 2
+    assert "no_such_function" in (wp.error() or "")
+
+
+def test_yaml_workloads_build(tmp_path) -> None:
+    cfg = parse_config(
+        {
+            "workloads": [
+                {"name": "etl", "kind": "etl", "params": {"rows": 1000}},
+                {
+                    "name": "tr",
+                    "kind": "train",
+                    "shadow": {"mode": "simulate", "fraction": 0.1},
+                    "profile": {
+                        "phases": [
+                            {"name": "load", "progress_end": 0.2, "cpu": 1, "memory": "100MiB"}
+                        ]
+                    },
+                },
+            ]
+        }
+    )
+    for w in cfg.workloads:
+        WorkloadProcess(w, "live", tmp_path / w.name)
+        WorkloadProcess(w, "shadow", tmp_path / w.name)
+    assert os.listdir(tmp_path) == []
+
+
+def test_profile_simulation_follows_the_phases(tmp_path) -> None:
+    profile = Profile(
+        phases=(
+            Phase("load", 0.3, cpu=0.2, mem=40 * 1024**2),
+            Phase("crunch", 0.8, cpu=0.9, mem=120 * 1024**2),
+            Phase("save", 1.0, cpu=0.3, mem=60 * 1024**2),
+        )
+    )
+    s = spec(
+        "train",
+        shadow=ShadowSpec(mode="simulate", fraction=0.05),
+        profile=profile,
+        params={"simulate_s": 4.0},
+    )
+    wp = WorkloadProcess(s, "shadow", tmp_path)
+    samples = run_to_end(wp, interval_s=0.2)
+    assert wp.exit_code() == 0, wp.error()
+    by_phase: dict[str, list[TelemetrySample]] = {}
+    for x in samples:
+        by_phase.setdefault(x.phase, []).append(x)
+    assert {"load", "crunch", "save"} <= set(by_phase)
+    mem = {k: float(np.median([x.mem for x in v])) for k, v in by_phase.items()}
+    cpu = {k: float(np.median([x.cpu for x in v])) for k, v in by_phase.items()}
+    assert mem["crunch"] > mem["load"] + 50e6 and mem["crunch"] > mem["save"] + 30e6
+    assert cpu["crunch"] > cpu["load"] + 0.3
+
+
+def test_mirror_shadow_gets_a_fraction_of_live_requests(tmp_path) -> None:
+    params = {**SMALL["service"], "steps": 8, "idle_exit_s": 5.0}
+    s = spec("service", params=params, shadow=ShadowSpec(mode="mirror", fraction=0.3))
+    shadow = WorkloadProcess(s, "shadow", tmp_path / "shadow")
+    live = WorkloadProcess(s, "live", tmp_path / "live")  # finds the shadow beside it
+    shadow_samples, live_samples = run_together(shadow, live)
+    assert live.exit_code() == 0 and shadow.exit_code() == 0, (live.error(), shadow.error())
+    mirrored = live.result()["mirror"]
+    got = shadow.result()["requests"]
+    # A copy that timed out at the live end may still have been served: got >= sent.
+    assert got >= mirrored["sent"] > 0, (mirrored, got)
+    assert 0.15 < got / live.result()["requests"] < 0.45, (mirrored, got)
+    assert_uses(live_samples, USES["service"])
+    assert_uses(shadow_samples, ("cpu", "mem", "net"))
+    assert max(x.progress for x in shadow_samples if not math.isnan(x.progress)) > 0.5
+
+
+def test_live_service_ignores_a_dead_mirror_target(tmp_path) -> None:
+    s = spec("service", shadow=ShadowSpec(mode="mirror", fraction=0.5))
+    live = WorkloadProcess(s, "live", tmp_path / "live", env={"PRAE_MIRROR_TO": "127.0.0.1:9"})
+    run_to_end(live)
+    assert live.exit_code() == 0, live.error()
+    assert live.result()["mirror"]["sent"] == 0 and live.result()["requests"] > 0
