@@ -34,8 +34,10 @@ log = logging.getLogger(__name__)
 class WorkloadHost:
     """Samples one workload process every ``interval_s`` and buffers the samples."""
 
-    def __init__(self, spec: WorkloadSpec, role: str, workdir: str, seed: int, interval_s: float) -> None:
-        self.proc = WorkloadProcess(spec, role, workdir, seed=seed)  # type: ignore[arg-type]
+    def __init__(
+        self, spec: WorkloadSpec, role: str, workdir: str, seed: int, interval_s: float, env: dict[str, str] | None = None
+    ) -> None:
+        self.proc = WorkloadProcess(spec, role, workdir, seed=seed, env=env)  # type: ignore[arg-type]
         self.interval_s = interval_s
         self.samples: list[TelemetrySample] = []
         self.lock = threading.Lock()
@@ -92,7 +94,12 @@ class WorkloadSupervisor:
         live_opts: dict[str, Any] = {"num_cpus": live_cpu, "name": f"{pg_prefix}live-{spec.name}"}
         if spec.resources.mem:
             live_opts["memory"] = spec.resources.mem
-        self.live = WorkloadHost.options(**live_opts).remote(spec, "live", f"{workdir}/live", seed, interval_s)
+        # A Python workload that runs Ray tasks finds its reservation by these names
+        # (prae.engine.reservations_use.ReservationPlacer.from_env) and schedules into it.
+        live_env = {"PRAE_RESERVATION_PREFIX": f"{pg_prefix}res-", "PRAE_WORKLOAD": spec.name}
+        self.live = WorkloadHost.options(**live_opts).remote(
+            spec, "live", f"{workdir}/live", seed, interval_s, live_env
+        )
         self.shadow = None
         if spec.shadow.mode != "none":
             self.shadow = self._make_shadow_host(workdir, seed, interval_s, pg_prefix)
@@ -186,6 +193,12 @@ class AllocatorActor:
 
     def records(self) -> list[dict[str, Any]]:
         return self.broker.records()
+
+    def ready_group_names(self, workload: str) -> list[str]:
+        return self.broker.ready_group_names(workload)
+
+    def resize_summary(self) -> Any:
+        return self.broker.resize_summary()
 
     def leaked_removed(self) -> int:
         return self.broker.leaked_removed

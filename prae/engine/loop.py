@@ -26,10 +26,10 @@ from prae.config import PraeConfig
 from prae.engine.tracker import PendingForecast, RoleStatus, WorkloadTracker, telemetry_rows
 from prae.policy.requests import (
     Interval,
+    ReservationPlanner,
     ResourceRequest,
     WorkloadForecast,
     WorkloadPolicy,
-    plan_requests,
 )
 from prae.resources import QUANTILES, RESOURCES
 from prae.store.feedback import FeedbackStore
@@ -123,6 +123,9 @@ class EngineLoop:
             w.name: WorkloadPolicy(w.profile.priority, w.profile.max_pending_s, w.profile.bounds)
             for w in config.workloads
         }
+        # Hysteresis against what was last asked for, shrink-rate limits, resizes counted
+        # per workload-hour: the same planner drives the cluster simulator.
+        self.planner = ReservationPlanner(config.allocator, self.policies)
         self.held: dict[str, tuple[float, float]] = {}
         self.swaps: list[SwapEvent] = []
         self.model_version = ""
@@ -185,21 +188,31 @@ class EngineLoop:
         lead_s = (h + 1) * run.interval_s
         forecasts = []
         for i, tr in enumerate(running):
-            raw = np.asarray(batch.quantiles[i, h], dtype=float)  # (R, Q)
-            cal = tr.calibrator.adjust(raw)
+            raw_steps = np.asarray(batch.quantiles[i, : h + 1], dtype=float)  # (h+1, R, Q)
+            cal_steps = tr.calibrator.adjust(raw_steps)
+            raw, cal = raw_steps[h], cal_steps[h]
             issued_at = tr.live.ts[-1]
             tr.add_forecast(
                 PendingForecast(issued_at, issued_at + lead_s, cal, raw, batch.source, batch.version, windows[i][2])
             )
-            forecasts.append(self._workload_forecast(tr, cal, issued_at, lead_s, windows[i][2], batch.source != "model"))
-        requests = plan_requests(forecasts, self.policies, self.held, self.config.allocator)
+            forecasts.append(
+                self._workload_forecast(tr, cal_steps, issued_at, lead_s, windows[i][2], batch.source != "model")
+            )
+        requests = self.planner.plan(forecasts, now, held=self.held)
         self.held = dict(self.allocator.apply(requests, now))
 
     def _workload_forecast(
-        self, tr: WorkloadTracker, q: np.ndarray, issued_at: float, lead_s: float, shadow_used: bool, fallback: bool
+        self, tr: WorkloadTracker, q_steps: np.ndarray, issued_at: float, lead_s: float, shadow_used: bool, fallback: bool
     ) -> WorkloadForecast:
+        """q_steps: (h+1, R, Q) calibrated quantiles for every step up to the lead.
+
+        The interval is the one at the lead; the amount to reserve is the peak of the reserve
+        quantile over all steps up to it, so a reservation never lets go of a step that
+        comes before the lead.
+        """
         iq = {lvl: j for j, lvl in enumerate(QUANTILES)}
         rq = iq[self.config.allocator.reserve_quantile]
+        q = q_steps[-1]
         now_vals = tr.live.values[-1]
 
         def interval(r: int) -> Interval:
@@ -211,8 +224,8 @@ class EngineLoop:
             lead_s=lead_s,
             cpu=interval(CPU),
             mem=interval(MEM),
-            cpu_reserve_q=float(q[CPU, rq]),
-            mem_reserve_q=float(q[MEM, rq]),
+            cpu_reserve_q=float(q_steps[:, CPU, rq].max()),
+            mem_reserve_q=float(q_steps[:, MEM, rq].max()),
             cpu_now=float(now_vals[CPU]),
             mem_now=float(now_vals[MEM]),
             shadow_used=shadow_used,
@@ -223,6 +236,7 @@ class EngineLoop:
         for name, tr in self.trackers.items():
             if tr.finished and not tr.released:
                 self.allocator.release(name, now)
+                self.planner.forget(name, now)
                 self.held.pop(name, None)
                 self.telemetry.stop(name)
                 tr.released = True

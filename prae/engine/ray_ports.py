@@ -134,6 +134,12 @@ class RayAllocator:
     def records(self) -> list[dict[str, Any]]:
         return ray.get(self.actor.records.remote())
 
+    def ready_group_names(self, workload: str) -> list[str]:
+        return ray.get(self.actor.ready_group_names.remote(workload))
+
+    def resize_summary(self) -> Any:
+        return ray.get(self.actor.resize_summary.remote())
+
 
 class RayRetrainer:
     """Runs ``train.retrain.retrain_from_store`` (a Ray Train job) as a background task."""

@@ -78,6 +78,14 @@ def run(config: PraeConfig, duration_s: float | None = None, keep_serving: bool 
         if not keep_serving:
             serve.delete(APP_NAME)
     summary = build_summary(loop, store, allocator.records(), forecaster.replica_ids, time.time() - t0, retrainer)
+    summary = dataclasses.replace(
+        summary,
+        extra={
+            **summary.extra,
+            "resizes": allocator.resize_summary(),
+            "mode": "reserve" if config.allocator.enabled else "observe-only (reserved = would have reserved)",
+        },
+    )
     (run_dir / "summary.json").write_text(summary.to_json())
     return summary
 

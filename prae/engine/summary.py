@@ -130,6 +130,8 @@ def format_table(summary: RunSummary) -> str:
         f"hot swaps: {summary.hot_swaps}; model versions: {', '.join(summary.model_versions) or 'n/a'}; "
         f"predictor replicas seen: {summary.predictor_replicas}"
     )
+    if "mode" in summary.extra:
+        lines.append(f"mode: {summary.extra['mode']}")
     lines.append(
         "early = reservations ready before the time they were requested for; "
         "shadow$ = shadow CPU-seconds / live CPU-seconds"
