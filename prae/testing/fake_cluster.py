@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -152,12 +153,14 @@ class FakeAutoscalingCluster:
         startup_delay_s: float = 10.0,
         idle_timeout_s: float = 6.0,
         update_interval_s: float = 1.0,
+        keep_temp_dir: bool = False,
     ) -> None:
         self.node_types = tuple(node_types)
         self.head_cpus = head_cpus
         self.startup_delay_s = startup_delay_s
         self.idle_timeout_s = idle_timeout_s
         self.update_interval_s = update_interval_s
+        self.keep_temp_dir = keep_temp_dir  # True: keep the logs (session_*/logs/monitor.log) after stop
         self.head: LocalHead | None = None
         self.node_ip = ""
 
@@ -251,6 +254,8 @@ class FakeAutoscalingCluster:
             from ray._private.services import find_gcs_addresses
 
             find_gcs_addresses.cache_clear()
+        if not self.keep_temp_dir and not self.head.processes():
+            shutil.rmtree(self.head.temp_dir, ignore_errors=True)
         return n
 
     def __enter__(self) -> FakeAutoscalingCluster:

@@ -101,6 +101,8 @@ def start_head(num_cpus: int = 8, extra_env: Mapping[str, str] | None = None, ti
         "--dashboard-host=127.0.0.1",
         f"--ray-client-server-port={free_port()}",
         f"--dashboard-agent-listen-port={free_port()}",
+        f"--dashboard-agent-grpc-port={free_port()}",
+        f"--runtime-env-agent-port={free_port()}",
         f"--metrics-export-port={free_port()}",
         f"--num-cpus={num_cpus}",
         f"--temp-dir={temp_dir}",
