@@ -258,6 +258,30 @@ def trace_windows(args: argparse.Namespace, w: int, h: int, with_shadow: bool) -
     return concat_windows(items)
 
 
+def shadow_signal(runs: list[Run], lead: int) -> dict[str, dict[str, float]]:
+    """Model-free: Pearson correlation, per kind and resource, between the live value at
+    t + lead and the shadow aligned at t for that lead (where both are known and vary)."""
+    out: dict[str, dict[str, float]] = {}
+    for kind in sorted({r.kind for r in runs}):
+        xs: dict[int, list[float]] = {i: [] for i in range(4)}
+        ys: dict[int, list[float]] = {i: [] for i in range(4)}
+        for r in (r for r in runs if r.kind == kind):
+            y = np.array(r.live, dtype=float)
+            al = aligned_shadow(r, lead)
+            for i in range(4):
+                a, b = al[: len(y) - lead, i], y[lead:, i]
+                ok = np.isfinite(a) & np.isfinite(b)
+                # per run, standardised, so runs of different size pool
+                if ok.sum() > 3 and a[ok].std() > 0 and b[ok].std() > 0:
+                    xs[i].extend((a[ok] - a[ok].mean()) / a[ok].std())
+                    ys[i].extend((b[ok] - b[ok].mean()) / b[ok].std())
+        out[kind] = {
+            name: (round(float(np.corrcoef(xs[i], ys[i])[0, 1]), 3) if len(xs[i]) > 3 else math.nan)
+            for i, name in enumerate(("cpu", "mem", "disk", "net"))
+        }
+    return out
+
+
 def evaluate(runs: list[Run], args: argparse.Namespace) -> dict[str, Any]:
     from prae.model.predictor import Predictor
     from prae.model.training import concat_windows, fit, windows_from_series
@@ -440,6 +464,7 @@ def main() -> None:
     if bad:
         print(f"warning: live runs that did not finish cleanly: {bad}", flush=True)
     result = evaluate(runs, args)
+    result["shadow_live_corr_at_lead"] = shadow_signal(runs, args.lead)
     result["shadow_cost_ratio"] = sum(r.shadow_cpu_s for r in runs) / max(
         1e-9, sum(r.live_cpu_s for r in runs)
     )

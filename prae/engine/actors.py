@@ -117,7 +117,10 @@ class WorkloadSupervisor:
                 bundle["memory"] = float(sh.resources.mem)
             self.shadow_pg = placement_group([bundle], name=f"{pg_prefix}shadow-pg-{self.spec.name}")
             opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(self.shadow_pg, 0)
-        return WorkloadHost.options(**opts).remote(self.spec, "shadow", f"{workdir}/shadow", seed, interval_s)
+        # A 5 % shadow lasts seconds: sample it 5x as often as the live run (>= 0.1 s) so
+        # its phases are resolved well enough to align by progress.
+        shadow_interval = max(0.1, interval_s / 5)
+        return WorkloadHost.options(**opts).remote(self.spec, "shadow", f"{workdir}/shadow", seed, shadow_interval)
 
     def start(self) -> dict[str, Any]:
         # The shadow starts with the live run so it gets ahead of it on its smaller data.

@@ -44,8 +44,10 @@ from prae.telemetry.sockets import TcpCounters, socket_inodes
 TAG_ENV = "PRAE_WORKLOAD_TAG"
 _TICK = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
-# A process judged this young may not have exec'd yet (its environment may change): look again.
-_ENV_SETTLE_S = 1.0
+# A process judged not ours while younger than this is looked at again at every scan: it may
+# not have exec'd yet (Ray starts a worker as setup_worker.py, which takes seconds on a busy
+# machine and only then execs the worker with the job's runtime_env variables).
+_ENV_SETTLE_S = 30.0
 _YOUNG, _FINAL = 1, 2
 
 
@@ -190,10 +192,10 @@ class ProcessTreeSampler:
     def _scan_foreign(self, now_boot: float) -> list[int]:
         """New pids on the machine that belong to us by session or tag.
 
-        Runs every ``scan_every_s`` (not every sample): each pid is judged once, from
-        ``/proc/<pid>/stat`` (session) and ``/proc/<pid>/environ`` (tag); one judged in its
-        first second, possibly before its exec, is judged once more at the next scan. A process
-        found late loses nothing: one born since the previous sample counts in full.
+        Runs every ``scan_every_s`` (not every sample): a pid is judged from
+        ``/proc/<pid>/stat`` (session) and ``/proc/<pid>/environ`` (tag), again at every scan
+        while it is younger than ``_ENV_SETTLE_S`` (it may exec later), then never again. A
+        process found late loses nothing: one born since the previous sample counts in full.
         """
         if now_boot - self._last_scan < self.scan_every_s:
             return []
@@ -220,7 +222,7 @@ class ProcessTreeSampler:
                 self._judged.pop(pid, None)
                 found.append(pid)
             else:
-                young = now_boot - st.start / _TICK < _ENV_SETTLE_S and pid not in self._judged
+                young = now_boot - st.start / _TICK < _ENV_SETTLE_S
                 self._judged[pid] = _YOUNG if young else _FINAL
         return found
 
