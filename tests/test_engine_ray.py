@@ -35,7 +35,7 @@ def local_ray():
         ray.shutdown()
 
 
-def small_config(tmp_path, retrain_every_s=12.0):
+def small_config(tmp_path, retrain_every_s=10.0):
     return parse_config(
         {
             "run": {
@@ -58,9 +58,11 @@ def small_config(tmp_path, retrain_every_s=12.0):
                     "profile": {"priority": 1},
                 },
                 {
-                    "name": "trainer",
-                    "kind": "train",
-                    "params": {"samples": 60_000, "epochs": 3, "hidden": 256},
+                    # A replay lasts steps x step_s whatever the machine's speed: the run is
+                    # long enough for retraining to finish and the new model to forecast.
+                    "name": "replay",
+                    "kind": "replay",
+                    "params": {"trace": "bitbrains:41", "start": 3510, "steps": 80, "step_s": 1.0},
                     "resources": {"cpu": 1},
                     "shadow": {"mode": "sample", "fraction": 0.05, "resources": {"cpu": 0.25}},
                 },
@@ -76,19 +78,19 @@ def test_demo_loop_end_to_end(local_ray, tmp_path):
 
     # the workloads ran to completion and were forecast while running
     by_name = {w.workload: w for w in summary.workloads}
-    assert set(by_name) == {"etl", "trainer"}
+    assert set(by_name) == {"etl", "replay"}
     assert all(w.exit_code == 0 for w in summary.workloads), summary
     assert all(w.forecasts >= 5 for w in summary.workloads), summary
 
     # the feedback store: telemetry of both roles, forecasts with actuals, per workload
     store = tmp_path / "store"
     tel = ds.dataset(store / "telemetry", format="parquet", partitioning="hive").to_table()
-    for name in ("etl", "trainer"):
+    for name in ("etl", "replay"):
         mine = tel.filter(ds.field("workload") == name)
         roles = set(mine.column("role").to_pylist())
         assert roles == {"live", "shadow"}, (name, roles)
         live = mine.filter(ds.field("role") == "live")
-        assert np.nanmax(live.column("cpu").to_numpy()) > 0.3
+        assert np.nanmax(live.column("cpu").to_numpy()) > 0.1  # real CPU, measured from /proc
         assert np.nanmax(live.column("mem").to_numpy()) > 50e6
     fc = ds.dataset(store / "forecasts", format="parquet", partitioning="hive").to_table()
     assert fc.num_rows > 0

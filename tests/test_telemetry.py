@@ -39,7 +39,7 @@ TREE_SCRIPT = textwrap.dedent(
     got = 0
     while got < 4_000_000:
         got += len(conn.recv(1 << 16))
-    burn = "import time\\nt = time.time()\\nwhile time.time() - t < 0.6: pass"
+    burn = "import time\\nt = time.process_time()\\nwhile time.process_time() - t < 0.6: pass"
     subprocess.run([sys.executable, "-c", burn], check=True)
     with open(sys.argv[1], "wb") as f:
         f.write(os.urandom(8 * 1024 * 1024)); f.flush(); os.fsync(f.fileno())
