@@ -39,7 +39,10 @@ class PredictorDeployment:
         self._device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
         self._lock = threading.Lock()
         self._checkpoint = checkpoint
-        self._predictor = load_predictor(checkpoint, self._device)
+        predictor = load_predictor(checkpoint, self._device)
+        # One attribute, swapped in one assignment, so a request never pairs one model with
+        # another's version. Predictor.version hashes every weight: once per load, not per call.
+        self._model = (predictor, predictor.version)
         self._swaps = 0
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
@@ -47,23 +50,24 @@ class PredictorDeployment:
         if checkpoint == self._checkpoint:
             return
         fresh = load_predictor(checkpoint, self._device)  # fails here, before anything changes
+        version = fresh.version
         with self._lock:
-            self._predictor, self._checkpoint = fresh, checkpoint
+            self._model, self._checkpoint = (fresh, version), checkpoint
             self._swaps += 1
 
     def predict(self, live: np.ndarray, shadow: np.ndarray | None = None) -> dict[str, Any]:
         """live, shadow: (B, T, 4) raw units -> quantiles (B, H, 4, Q) plus who answered."""
-        predictor = self._predictor  # one read: a concurrent swap cannot split a request
+        predictor, version = self._model  # one read: a swap cannot split a request
         quantiles = predictor.predict(np.asarray(live, dtype=np.float32), None if shadow is None else np.asarray(shadow, dtype=np.float32))
-        return {"quantiles": quantiles, **self._identity(predictor)}
+        return {"quantiles": quantiles, **self._identity(predictor, version)}
 
     def info(self) -> dict[str, Any]:
-        return self._identity(self._predictor)
+        return self._identity(*self._model)
 
-    def _identity(self, predictor: Predictor) -> dict[str, Any]:
+    def _identity(self, predictor: Predictor, version: str) -> dict[str, Any]:
         ctx = serve.get_replica_context()
         return {
-            "version": predictor.version,
+            "version": version,
             "checkpoint": self._checkpoint,
             "replica": ctx.replica_id.unique_id,
             "swaps": self._swaps,

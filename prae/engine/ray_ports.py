@@ -31,7 +31,6 @@ class RayTelemetrySource:
     def __init__(self, config: PraeConfig, workdir: Path, prefix: str) -> None:
         self.supervisors: dict[str, Any] = {}
         self.stopped: set[str] = set()
-        self.last: dict[str, Polled] = {}
         for w in config.workloads:
             self.supervisors[w.name] = WorkloadSupervisor.options(name=f"{prefix}supervisor-{w.name}").remote(
                 w, str(workdir / w.name), config.run.seed, config.run.interval_s, prefix
@@ -52,7 +51,6 @@ class RayTelemetrySource:
                 self.stopped.add(name)
                 continue
             out[name] = Polled(d["live"]["samples"], d["shadow"]["samples"], _status(d["live"]), _status(d["shadow"]))
-        self.last.update(out)
         return out
 
     def stop(self, workload: str | None = None) -> None:
