@@ -19,9 +19,11 @@ import yaml
 from prae.errors import ConfigError
 from prae.resources import QUANTILES
 
-WorkloadKind = Literal["python", "command", "etl", "train", "replay", "service"]
+WorkloadKind = Literal["python", "command", "etl", "train", "replay", "service", "tasks"]
 ShadowMode = Literal["sample", "mirror", "simulate", "none"]
-BUILTIN_KINDS: tuple[str, ...] = ("etl", "train", "replay", "service")
+BUILTIN_KINDS: tuple[str, ...] = ("etl", "train", "replay", "service", "tasks")
+# Kinds whose workload is a timeline of its own: a 'simulate' shadow plays it faster.
+TIMELINE_KINDS: tuple[str, ...] = ("replay", "service", "tasks")
 WORKLOAD_KINDS: tuple[str, ...] = ("python", "command", *BUILTIN_KINDS)
 SHADOW_MODES: tuple[str, ...] = ("sample", "mirror", "simulate", "none")
 
@@ -72,6 +74,10 @@ class Profile:
     max_pending_s: float | None = None  # SLO: longest tolerated wait for resources
     bounds: Bounds = field(default_factory=Bounds)
     phases: tuple[Phase, ...] = ()
+    # CPUs of one of the workload's tasks/actors: reservations are whole numbers of them,
+    # one placement-group bundle each, so every bundle fits a task. None = the kind's own
+    # (a 'tasks' job's task_cpu), else one bundle of any size.
+    unit_cpu: float | None = None
 
 
 @dataclass(frozen=True)
@@ -124,6 +130,11 @@ class AllocatorSpec:
     max_pending_pgs: int = 2
     cpu_budget: float = math.inf
     mem_budget: float = math.inf
+    # Resize limits (prae.policy.resizes.ResizeLimits): shrinks per workload per sliding
+    # hour, the least time between a change and a shrink, and how long a peak is held.
+    max_shrinks_per_hour: float = 4.0
+    min_hold_s: float = 0.0
+    peak_hold_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -359,6 +370,7 @@ def _profile(r: _Reader) -> Profile:
         max_pending_s=r.number("max_pending_s", None, minimum=0),
         bounds=_bounds(r.child("bounds")),
         phases=tuple(phases),
+        unit_cpu=r.number("unit_cpu", None, minimum=0, exclusive_min=True),
     )
     r.finish()
     return profile
@@ -470,6 +482,9 @@ def parse_config(data: Any, source: str = "<config>") -> PraeConfig:
         max_pending_pgs=int(a_r.number("max_pending_pgs", 2, minimum=1, integer=True) or 2),
         cpu_budget=float(a_r.number("cpu_budget", math.inf, minimum=0, exclusive_min=True) or math.inf),
         mem_budget=float(a_r.size("memory_budget", None) or math.inf),
+        max_shrinks_per_hour=float(a_r.number("max_shrinks_per_hour", 4.0, minimum=0) or 0.0),
+        min_hold_s=float(a_r.number("min_hold_s", 0.0, minimum=0) or 0.0),
+        peak_hold_s=float(a_r.number("peak_hold_s", 0.0, minimum=0) or 0.0),
     )
     a_r.finish()
 

@@ -20,7 +20,7 @@ def minimal(**workload):
 
 def test_demo_config_parses_into_frozen_objects():
     cfg = load_config(ROOT / "configs" / "demo.yaml")
-    assert 2 <= len(cfg.workloads) <= 3
+    assert 2 <= len(cfg.workloads) <= 4
     assert len({w.kind for w in cfg.workloads}) >= 2
     with pytest.raises(AttributeError):
         cfg.run.interval_s = 5  # type: ignore[misc]
@@ -33,6 +33,19 @@ def test_defaults_fill_a_minimal_config():
     assert w.shadow.mode == "sample" and w.shadow.fraction == 0.05
     assert w.profile.bounds.cpu_max == math.inf
     assert cfg.allocator.reserve_quantile == 0.9
+    assert cfg.allocator.peak_hold_s == 0.0 and cfg.allocator.max_shrinks_per_hour == 4.0
+    assert w.profile.unit_cpu is None
+
+
+def test_resize_limits_and_task_unit_are_read():
+    data = {
+        **minimal(kind="tasks", params={"task_cpu": 0.5}, profile={"unit_cpu": 2}),
+        "allocator": {"peak_hold_s": 600, "min_hold_s": 30, "max_shrinks_per_hour": 2},
+    }
+    cfg = parse_config(data, "limits.yaml")
+    a = cfg.allocator
+    assert (a.peak_hold_s, a.min_hold_s, a.max_shrinks_per_hour) == (600.0, 30.0, 2.0)
+    assert cfg.workloads[0].profile.unit_cpu == 2.0
 
 
 @pytest.mark.parametrize(
@@ -70,6 +83,9 @@ def test_defaults_fill_a_minimal_config():
         ({**minimal(), "run": {"horizon_steps": 1.5}}, "run.horizon_steps", "whole number"),
         ({**minimal(), "allocator": {"reserve_quantile": 0.8}}, "allocator.reserve_quantile", "forecast quantile"),
         ({**minimal(), "allocator": {"enabled": "yes"}}, "allocator.enabled", "true or false"),
+        ({**minimal(), "allocator": {"peak_hold_s": -5}}, "allocator.peak_hold_s", ">= 0"),
+        ({**minimal(), "allocator": {"max_shrinks_per_hour": "few"}}, "allocator.max_shrinks_per_hour", "number"),
+        (minimal(profile={"unit_cpu": 0}), "workloads[0].profile.unit_cpu", "> 0"),
         ({**minimal(), "retrain": {"num_workers": 4}}, "retrain.num_workers", "<= 1"),
         ({**minimal(), "predictor": {"num_replicas": 0}}, "predictor.num_replicas", ">= 1"),
         ({"workloads": [{"name": "a", "kind": "etl"}, {"name": "a", "kind": "train"}]}, "workloads[1].name", "twice"),

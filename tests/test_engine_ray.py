@@ -3,6 +3,7 @@ groups, the Parquet store, Ray Train retraining and a hot swap — one Ray for t
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
@@ -16,6 +17,7 @@ from ray import serve  # noqa: E402
 from ray.util.placement_group import placement_group_table  # noqa: E402
 
 from prae.config import parse_config  # noqa: E402
+from prae.engine.ray_ports import train_actors_alive  # noqa: E402
 from prae.engine.runner import NAMESPACE, run  # noqa: E402
 from prae.testing.local_cluster import free_port  # noqa: E402
 
@@ -66,6 +68,15 @@ def small_config(tmp_path, retrain_every_s=10.0):
                     "resources": {"cpu": 1},
                     "shadow": {"mode": "sample", "fraction": 0.05, "resources": {"cpu": 0.25}},
                 },
+                {
+                    # Ray-native: its tasks go into its reservation's bundles (0.5-CPU units).
+                    "name": "tasks",
+                    "kind": "tasks",
+                    "params": {"stages": "1x8,2x24,1x8", "task_cpu": 0.5, "task_s": 2.0, "task_mem_mb": 32},
+                    "resources": {"cpu": 0.1},
+                    "shadow": {"mode": "sample", "fraction": 0.1, "resources": {"cpu": 0.25}},
+                    "profile": {"priority": 2},
+                },
             ],
         },
         "itest.yaml",
@@ -78,14 +89,14 @@ def test_demo_loop_end_to_end(local_ray, tmp_path):
 
     # the workloads ran to completion and were forecast while running
     by_name = {w.workload: w for w in summary.workloads}
-    assert set(by_name) == {"etl", "replay"}
+    assert set(by_name) == {"etl", "replay", "tasks"}
     assert all(w.exit_code == 0 for w in summary.workloads), summary
     assert all(w.forecasts >= 5 for w in summary.workloads), summary
 
     # the feedback store: telemetry of both roles, forecasts with actuals, per workload
     store = tmp_path / "store"
     tel = ds.dataset(store / "telemetry", format="parquet", partitioning="hive").to_table()
-    for name in ("etl", "replay"):
+    for name in ("etl", "replay", "tasks"):
         mine = tel.filter(ds.field("workload") == name)
         roles = set(mine.column("role").to_pylist())
         assert roles == {"live", "shadow"}, (name, roles)
@@ -105,9 +116,36 @@ def test_demo_loop_end_to_end(local_ray, tmp_path):
     assert ours, "the run created no named placement groups"
     assert all(info["state"] == "REMOVED" for info in ours), [(i["name"], i["state"]) for i in ours]
 
+    # the Ray-native job's tasks ran inside its reservation once there was one
+    tasks = by_name["tasks"].live_result
+    assert tasks is not None and tasks["tasks"] == 4 + 2 * 12 + 4, tasks
+    assert tasks["in_reservation"] >= 1, tasks
+    assert by_name["tasks"].reservations >= 1
+
     # retraining ran on Ray Train and its model was hot-swapped into the same replica
     assert summary.hot_swaps >= 1, summary.extra
     assert len(summary.model_versions) >= 2
     assert summary.predictor_replicas == 1
     versions = set(fc.column("model_version").to_pylist())
     assert len(versions) >= 2
+
+    # a retraining still running at the end was cancelled: no Train actor outlives the run
+    assert train_actors_alive() == []
+
+
+def test_summary_counts_only_this_runs_forecasts(local_ray, tmp_path):
+    """The store is kept across runs (retraining learns from all of them); a second run on
+    it reports its own forecasts, not the first run's too."""
+    cfg = small_config(tmp_path, retrain_every_s=1000.0)
+    cfg = dataclasses.replace(cfg, workloads=cfg.workloads[1:2])  # the replay: fixed length
+    cfg = dataclasses.replace(
+        cfg,
+        workloads=(dataclasses.replace(cfg.workloads[0], params={**cfg.workloads[0].params, "steps": 15}),),
+    )
+    first = run(cfg)
+    second = run(cfg)
+    n1, n2 = first.workloads[0].forecasts, second.workloads[0].forecasts
+    assert n1 >= 5 and n2 >= 5
+    assert n2 < 1.5 * n1, (n1, n2)  # not n1 + n2
+    fc = ds.dataset(tmp_path / "store" / "forecasts", format="parquet", partitioning="hive").to_table()
+    assert fc.num_rows // 4 >= n1 + n2  # both runs are in the store

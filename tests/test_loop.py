@@ -124,6 +124,9 @@ class CountingRetrainer:
     def start(self, version: int) -> None:
         self.started.append(version)
 
+    def stop(self) -> None:
+        self.stopped = True
+
     def poll(self) -> str | None:
         if self.started and not self._ready:
             self._ready = True
@@ -207,3 +210,27 @@ def test_duration_stops_early_and_releases(tmp_path):
     assert loop.ticks <= 12
     assert backend.live() == []
     assert not math.isnan(loop.store.read("telemetry").column("cpu").to_pylist()[0])
+
+
+def test_profile_and_allocator_settings_reach_the_planner(tmp_path):
+    """A tasks job reserves in bundles of its task size; the config's resize limits and peak
+    hold are the planner's, so the live engine behaves like the simulator that tuned them."""
+    from prae.engine.loop import workload_policy
+
+    cfg = parse_config(
+        {
+            "run": {"store_dir": str(tmp_path / "store")},
+            "allocator": {"peak_hold_s": 120, "min_hold_s": 10, "max_shrinks_per_hour": 3},
+            "workloads": [
+                {"name": "tasks", "kind": "tasks", "params": {"task_cpu": 0.5}},
+                {"name": "sized", "kind": "etl", "profile": {"unit_cpu": 2}},
+                {"name": "plain", "kind": "etl"},
+            ],
+        },
+        "t.yaml",
+    )
+    assert [workload_policy(w).unit_cpu for w in cfg.workloads] == [0.5, 2.0, 0.0]
+    loop = EngineLoop(cfg, None, None, None, FeedbackStore(tmp_path / "store"))  # type: ignore[arg-type]
+    lim = loop.planner.limits
+    assert (lim.peak_hold_s, lim.min_hold_s, lim.max_shrinks_per_hour) == (120.0, 10.0, 3.0)
+    assert loop.policies["tasks"].unit_cpu == 0.5

@@ -348,6 +348,9 @@ def test_stop_ends_the_whole_tree_and_is_idempotent(tmp_path) -> None:
             ConfigError,
             r"profile.phases",
         ),
+        ({"kind": "tasks", "params": {"stages": "3 by 20"}}, "live", ConfigError, r"params.stages.*LANESxSECONDS"),
+        ({"kind": "tasks", "params": {"stages": "0x20"}}, "live", ConfigError, r"params.stages.*lanes >= 1"),
+        ({"kind": "tasks", "params": {"task_cpu": 2.0}}, "live", ConfigError, r"params.task_cpu.*<= 1"),
         ({"kind": "etl", "shadow": ShadowSpec(mode="none")}, "shadow", WorkloadError, r"no shadow"),
         ({"kind": "etl"}, "standby", WorkloadError, r"role must be"),
     ],
@@ -443,3 +446,28 @@ def test_live_service_ignores_a_dead_mirror_target(tmp_path) -> None:
     run_to_end(live)
     assert live.exit_code() == 0, live.error()
     assert live.result()["mirror"]["sent"] == 0 and live.result()["requests"] > 0
+
+
+def test_tasks_shadow_plays_the_stage_plan_first(tmp_path) -> None:
+    """Without Ray: the shadow of a tasks job is its stage plan as a resource curve, in
+    ``fraction`` of the time: cores = lanes x task_cpu, reported stage by stage."""
+    from prae.workloads.tasks import parse_stages, stage_curve
+
+    stages = parse_stages("t", "1x4, 3x2")
+    assert [(s.lanes, s.seconds) for s in stages] == [(1, 4.0), (3, 2.0)]
+    curve = stage_curve({"task_cpu": 0.5, "task_mem_mb": 10.0}, stages)
+    assert list(curve.cpu) == [0.5] * 4 + [1.5] * 2
+    assert curve.phases[0] == "stage0" and curve.phases[-1] == "stage1"
+    spec = WorkloadSpec(
+        name="t", kind="tasks", params={"stages": "1x4,3x2", "task_cpu": 0.5}, shadow=ShadowSpec(fraction=0.25)
+    )
+    wp = WorkloadProcess(spec, "shadow", tmp_path)
+    wp.start()
+    samples = []
+    while wp.exit_code() is None:
+        samples.append(wp.sample())
+        time.sleep(0.1)
+    assert wp.exit_code() == 0, wp.error()
+    assert wp.result()["steps"] == 6 and wp.result()["step_s"] == 0.25
+    phases = [s.phase for s in samples if s.phase]
+    assert "stage0" in phases and "stage1" in phases

@@ -32,12 +32,14 @@ SMALL: dict[str, dict[str, Any]] = {
     "train": {"samples": 3_000, "epochs": 2, "hidden": 32},
     "replay": {"steps": 5, "step_s": 0.5, "mem_max": 64 * 1024**2, "disk_max": 8e6, "net_max": 8e6},
     "service": {"steps": 5, "step_s": 0.5, "rps_max": 60.0, "cache_mb": 16.0},
+    "tasks": {"stages": "1x2,2x2", "task_s": 1.0, "task_cpu": 0.5, "task_mem_mb": 48.0},
 }
 USES = {
     "etl": ("cpu", "mem", "disk"),
     "train": ("cpu", "mem", "disk"),
     "replay": ("cpu", "mem", "disk", "net"),
     "service": ("cpu", "mem", "disk", "net"),
+    "tasks": ("cpu", "mem"),
     "python": ("cpu", "mem", "disk"),
     "command": ("cpu", "mem", "disk"),
 }
@@ -122,6 +124,7 @@ class Host:
         return {
             "samples": np.stack([s.as_array() for s in self.samples]),
             "progress": [s.progress for s in self.samples],
+            "phases": [s.phase for s in self.samples],
             "exit_code": self.proc.exit_code(),
             "result": self.proc.result(),
             "error": self.proc.error(),
@@ -153,7 +156,7 @@ def run_in_actors(
 @pytest.fixture(scope="module")
 def builtin_runs(local_ray, tmp_path_factory) -> dict[str, dict[str, Any]]:
     root = tmp_path_factory.mktemp("builtins")
-    kinds = ["etl", "train", "replay", "service"]
+    kinds = ["etl", "train", "replay", "service", "tasks"]
     jobs = [
         (WorkloadSpec(name=f"r-{k}", kind=k, params=SMALL[k]), "live", str(root / k / "live"))  # type: ignore[arg-type]
         for k in kinds
@@ -175,9 +178,25 @@ def check_uses(out: dict[str, Any], kind: str) -> None:
     assert out["progress"][-1] == 1.0
 
 
-@pytest.mark.parametrize("kind", ["etl", "train", "replay", "service", "command"])
+@pytest.mark.parametrize("kind", ["etl", "train", "replay", "service", "tasks", "command"])
 def test_each_kind_in_an_actor_measures_what_it_uses(kind, builtin_runs) -> None:
     check_uses(builtin_runs[kind], kind)
+
+
+def test_tasks_job_runs_its_stages_as_ray_tasks(builtin_runs) -> None:
+    """Outside PRAE (no reservation named in its environment) the job schedules plainly:
+    every task is outside a reservation; its CPU is in the task workers, found by the tag."""
+    out = builtin_runs["tasks"]
+    res = out["result"]
+    assert res["tasks"] == 2 + 2 * 2  # lanes x ceil(seconds / task_s) per stage
+    assert res["in_reservation"] == 0 and res["outside_reservation"] == res["tasks"]
+    workers = [c for c in out["cmdlines"] if "default_worker.py" in c or c.startswith("ray::")]
+    assert workers, out["cmdlines"]
+    # 6 s of 0.5-core tasks = 3 CPU-seconds in the workers
+    assert out["cost"] >= 2.5, out["cost"]
+    # the stage plan is in the progress: stage0 before stage1
+    phases = [p for p in out["phases"] if p]
+    assert phases.index("stage0") < phases.index("stage1")
 
 
 @pytest.fixture(scope="module")

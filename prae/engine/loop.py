@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from prae.config import PraeConfig
+from prae.config import PraeConfig, WorkloadSpec
 from prae.engine.tracker import PendingForecast, RoleStatus, WorkloadTracker, telemetry_rows
 from prae.policy.requests import (
     Interval,
@@ -31,9 +31,11 @@ from prae.policy.requests import (
     WorkloadForecast,
     WorkloadPolicy,
 )
+from prae.policy.resizes import ResizeLimits
 from prae.resources import QUANTILES, RESOURCES
 from prae.store.feedback import FeedbackStore
 from prae.telemetry.sample import TelemetrySample
+from prae.workloads.kinds import PARAMS
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +85,7 @@ class Allocator(Protocol):
 class Retrainer(Protocol):
     def start(self, version: int) -> None: ...
     def poll(self) -> str | None: ...  # a new checkpoint path once a run has finished
+    def stop(self) -> None: ...  # cancel a run in progress; nothing of it may outlive the loop
     @property
     def running(self) -> bool: ...
 
@@ -96,6 +99,16 @@ class SwapEvent:
 
 
 # ----------------------------------------------------------------------------- loop
+
+
+def workload_policy(spec: WorkloadSpec) -> WorkloadPolicy:
+    """The allocator's view of a workload's profile. A ``tasks`` job's reservation is made
+    of bundles of its task size unless the profile says otherwise: a bundle smaller than a
+    task could never run one."""
+    unit = spec.profile.unit_cpu
+    if unit is None and spec.kind == "tasks":
+        unit = float(spec.params.get("task_cpu", PARAMS["tasks"]["task_cpu"].default))
+    return WorkloadPolicy(spec.profile.priority, spec.profile.max_pending_s, spec.profile.bounds, unit or 0.0)
 
 
 class EngineLoop:
@@ -119,13 +132,13 @@ class EngineLoop:
         self.clock = clock
         self.flush_every = flush_every
         self.trackers = {w.name: WorkloadTracker(w, config.run.interval_s) for w in config.workloads}
-        self.policies = {
-            w.name: WorkloadPolicy(w.profile.priority, w.profile.max_pending_s, w.profile.bounds)
-            for w in config.workloads
-        }
+        self.policies = {w.name: workload_policy(w) for w in config.workloads}
         # Hysteresis against what was last asked for, shrink-rate limits, resizes counted
         # per workload-hour: the same planner drives the cluster simulator.
-        self.planner = ReservationPlanner(config.allocator, self.policies)
+        a = config.allocator
+        self.planner = ReservationPlanner(
+            a, self.policies, ResizeLimits(a.max_shrinks_per_hour, a.min_hold_s, a.peak_hold_s)
+        )
         self.held: dict[str, tuple[float, float]] = {}
         self.swaps: list[SwapEvent] = []
         self.model_version = ""
@@ -278,6 +291,8 @@ class EngineLoop:
 
     def close(self) -> None:
         now = self.clock()
+        if self.retrainer is not None:
+            self.retrainer.stop()  # a half-done run's weights are never swapped in
         self.telemetry.stop(None)
         self._poll_quietly()
         self._resolve(final=True)

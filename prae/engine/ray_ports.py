@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -139,6 +141,18 @@ class RayAllocator:
         return ray.get(self.actor.resize_summary.remote())
 
 
+TRAIN_ACTOR_CLASSES = ("TrainController", "RayTrainWorker")
+
+
+def train_actors_alive() -> list[dict[str, Any]]:
+    """This job's live Ray Train actors (the retraining runs' controllers and workers)."""
+    from ray._private import state
+
+    job = ray.JobID.from_hex(ray.get_runtime_context().get_job_id())
+    alive = state.actors(job_id=job, actor_state_name="ALIVE").values()
+    return [a for a in alive if a.get("ActorClassName") in TRAIN_ACTOR_CLASSES]
+
+
 class RayRetrainer:
     """Runs ``train.retrain.retrain_from_store`` (a Ray Train job) as a background task."""
 
@@ -172,6 +186,27 @@ class RayRetrainer:
             seed=run.seed + version,
             storage_path=str(self.out_dir / "ray_train"),
         )
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        """Cancel a run in progress and wait until it is gone.
+
+        Force-cancelling the task kills its worker, and Ray then kills the actors that worker
+        owns (the Train controller and its workers). Left running, a controller outlives an
+        embedded Ray's shutdown as an orphan process that nobody stops.
+        """
+        if self.ref is None:
+            return
+        ref, self.ref = self.ref, None
+        with contextlib.suppress(Exception):
+            ray.cancel(ref, force=True, recursive=True)
+        deadline = time.monotonic() + timeout_s
+        with contextlib.suppress(Exception):
+            ray.wait([ref], timeout=timeout_s)
+        # The owned actors die asynchronously after their owner: wait for them too, so an
+        # embedded Ray that shuts down next leaves no controller behind.
+        while train_actors_alive() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        self.results.append({"cancelled": "the run ended before this retraining finished"})
 
     def poll(self) -> str | None:
         if self.ref is None:

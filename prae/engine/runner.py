@@ -18,7 +18,7 @@ import ray
 from prae.config import PraeConfig
 from prae.engine.loop import EngineLoop
 from prae.engine.ray_ports import RayAllocator, RayRetrainer, RayTelemetrySource, ServeForecaster
-from prae.engine.summary import RunSummary, format_table, summarise_workload
+from prae.engine.summary import RunSummary, format_table, rows_of_run, summarise_workload
 from prae.store.feedback import FeedbackStore
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,7 @@ def run(config: PraeConfig, duration_s: float | None = None, keep_serving: bool 
     # restarted run finds (and removes) what a crashed one left behind.
     prefix = f"prae-{config.run.name}-"
     store = FeedbackStore(store_root)
+    started_at = time.time()  # before the workloads start: their first samples come after it
     forecaster = ServeForecaster(config.predictor, config.run.horizon_steps)
     allocator = RayAllocator(config, prefix)
     retrainer = RayRetrainer(config, store_root, run_dir / "models", config.predictor.checkpoint)
@@ -77,7 +78,9 @@ def run(config: PraeConfig, duration_s: float | None = None, keep_serving: bool 
         telemetry.kill()
         if not keep_serving:
             serve.delete(APP_NAME)
-    summary = build_summary(loop, store, allocator.records(), forecaster.replica_ids, time.time() - t0, retrainer)
+    summary = build_summary(
+        loop, store, allocator.records(), forecaster.replica_ids, time.time() - t0, retrainer, started_at
+    )
     summary = dataclasses.replace(
         summary,
         extra={
@@ -97,8 +100,12 @@ def build_summary(
     replicas: set[str],
     seconds: float,
     retrainer: RayRetrainer | None = None,
+    started_at: float | None = None,
 ) -> RunSummary:
+    """From the store; with ``started_at``, only the forecasts this run issued."""
     forecasts = store.read("forecasts")
+    if started_at is not None:
+        forecasts = rows_of_run(forecasts, started_at)
     wl_col = forecasts.column("workload").to_numpy(zero_copy_only=False) if forecasts.num_rows else None
     out = []
     for name, tr in loop.trackers.items():
@@ -112,6 +119,7 @@ def build_summary(
                 tr.live_status.cost_cpu_seconds,
                 tr.shadow_status.cost_cpu_seconds,
                 tr.shadow_status.error,
+                tr.live_status.result,
             )
         )
     versions = tuple(dict.fromkeys([s.version_before for s in loop.swaps] + [s.version_after for s in loop.swaps]))

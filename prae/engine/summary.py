@@ -34,6 +34,7 @@ class WorkloadSummary:
     fallback_share: float  # forecasts made by the rule because Serve did not answer
     shadow_cost_ratio: float  # shadow CPU-seconds / live CPU-seconds
     shadow_error: str | None = None
+    live_result: Mapping[str, Any] | None = None  # what the live run returned (kind-specific)
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,14 @@ def _col(table: pa.Table, name: str) -> np.ndarray:
     return table.column(name).to_numpy(zero_copy_only=False)
 
 
+def rows_of_run(forecasts: pa.Table, started_at: float) -> pa.Table:
+    """The rows a run issued: a store is kept across runs (it is what retraining learns
+    from), so a report of one run must not count the forecasts of the runs before it."""
+    if not forecasts.num_rows:
+        return forecasts
+    return forecasts.filter(_col(forecasts, "issued_at").astype(float) >= started_at)
+
+
 def summarise_workload(
     workload: str,
     forecasts: pa.Table,
@@ -68,6 +77,7 @@ def summarise_workload(
     live_cost: float,
     shadow_cost: float,
     shadow_error: str | None = None,
+    live_result: Mapping[str, Any] | None = None,
 ) -> WorkloadSummary:
     """``forecasts``: this workload's rows of the store's forecasts table."""
     wape, cov = {}, {}
@@ -104,6 +114,7 @@ def summarise_workload(
         fallback_share=float((sources == "fallback").mean()) if len(sources) else 0.0,
         shadow_cost_ratio=shadow_cost / live_cost if live_cost > 0 else math.nan,
         shadow_error=shadow_error,
+        live_result=live_result,
     )
 
 
@@ -130,6 +141,13 @@ def format_table(summary: RunSummary) -> str:
         f"hot swaps: {summary.hot_swaps}; model versions: {', '.join(summary.model_versions) or 'n/a'}; "
         f"predictor replicas seen: {summary.predictor_replicas}"
     )
+    for w in summary.workloads:
+        r = w.live_result or {}
+        if "in_reservation" in r:  # a Ray-native job: did its tasks run in what PRAE reserved?
+            lines.append(
+                f"{w.workload}: {r['in_reservation']} of {r['tasks']} tasks ran in its reservation; "
+                f"tasks waited {r['wait_s_total']:.1f} s in all (longest {r['wait_s_max']:.1f} s)"
+            )
     if "mode" in summary.extra:
         lines.append(f"mode: {summary.extra['mode']}")
     lines.append(

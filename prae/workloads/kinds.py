@@ -5,7 +5,8 @@ Kinds
              :class:`~prae.workloads.context.WorkloadContext` and may return a JSON-able dict.
     command  ``entrypoint: "prog --flag"``; run without a shell, told its role through
              ``PRAE_*`` environment variables (see :mod:`prae.workloads.launch`).
-    etl, train, replay, service   the built-ins (modules of this package).
+    etl, train, replay, service, tasks   the built-ins (modules of this package); ``tasks``
+             is Ray-native: its tasks run in the workload's reservation.
 
 Shadow modes (what the role ``shadow`` runs)
     sample    the same code on ``fraction`` of the data; for replay and service, whose data is a
@@ -32,7 +33,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from prae.config import WorkloadSpec
+from prae.config import TIMELINE_KINDS, WorkloadSpec
 from prae.errors import ConfigError, WorkloadError
 from prae.workloads.params import Param, read_params
 
@@ -41,6 +42,7 @@ BUILTIN_MODULES = {
     "train": "prae.workloads.train",
     "replay": "prae.workloads.replay",
     "service": "prae.workloads.service",
+    "tasks": "prae.workloads.tasks",
 }
 
 _TRACE_HELP = "a trace as 'bitbrains:<vm>', 'alibaba:<machine>' or 'google:<file stem>' (see prae.workloads.traces)"
@@ -114,6 +116,16 @@ PARAMS: dict[str, dict[str, Param]] = {
             float, 30.0, minimum=1.0, help="a mirror shadow exits after this long without requests"
         ),
     },
+    "tasks": {
+        "stages": Param(
+            str,
+            "1x20,3x25,2x20",
+            help="LANESxSECONDS per stage, comma-separated: parallel lanes x seconds of work each",
+        ),
+        "task_cpu": Param(float, 1.0, minimum=0.05, maximum=1.0, help="CPUs each task asks Ray for and burns"),
+        "task_s": Param(float, 2.0, minimum=0.1, help="seconds of work per task (a lane runs them one after another)"),
+        "task_mem_mb": Param(float, 64.0, minimum=0.0, help="resident memory each task holds"),
+    },
 }
 
 
@@ -138,7 +150,7 @@ def check_spec(spec: WorkloadSpec, role: str) -> dict[str, object]:
         )
     if (
         mode == "simulate"
-        and spec.kind not in ("replay", "service")
+        and spec.kind not in TIMELINE_KINDS
         and not any(p.cpu is not None or p.mem is not None for p in spec.profile.phases)
     ):
         raise ConfigError(
@@ -157,7 +169,12 @@ def check_spec(spec: WorkloadSpec, role: str) -> dict[str, object]:
             "use numbers, strings, lists and mappings",
         ) from exc
     if spec.kind in PARAMS:
-        return read_params(spec.name, spec.params, PARAMS[spec.kind])
+        params = read_params(spec.name, spec.params, PARAMS[spec.kind])
+        if spec.kind == "tasks":
+            from prae.workloads.tasks import parse_stages
+
+            parse_stages(spec.name, params["stages"])
+        return params
     if spec.kind == "python":
         _check_entrypoint(spec, source)
     elif spec.kind == "command":

@@ -24,6 +24,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from prae.config import TIMELINE_KINDS
 from prae.workloads.context import WorkloadContext, install_stop_handler
 from prae.workloads.progress import ProgressWriter
 from prae.workloads.specio import spec_from_dict
@@ -123,7 +124,7 @@ def _load(kind: str, entrypoint: str | None, role: str, mode: str) -> Any:
         module_name, _, func_name = (entrypoint or "").partition(":")
         module = importlib.import_module(module_name)
         return getattr(module, func_name)
-    if role == "shadow" and mode == "simulate" and kind not in ("replay", "service"):
+    if role == "shadow" and mode == "simulate" and kind not in TIMELINE_KINDS:
         from prae.workloads.simulate import run_profile
 
         return run_profile
