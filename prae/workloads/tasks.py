@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -144,8 +144,13 @@ def _progress(ctx: WorkloadContext, done: list[float], seconds: float, total: fl
     ctx.report_progress(done[0] / total, phase)
 
 
-def _run_stage(ray: Any, submit: Any, stage: Stage, task_s: float, finished: Any) -> list[float]:
-    """All lanes of one stage to the end; returns each task's wait (submission to start)."""
+def _run_stage(
+    ray: Any, submit: Callable[[float], Any], stage: Stage, task_s: float, finished: Callable[[float], None]
+) -> list[float]:
+    """All lanes of one stage to the end; returns each task's wait (submission to start).
+
+    ``submit(seconds)`` starts one task and returns its ref; ``finished(seconds)`` is told
+    each task's work as it completes (progress)."""
     left = {lane: stage.seconds for lane in range(stage.lanes)}  # work still to submit per lane
     running: dict[Any, tuple[int, float, float]] = {}  # ref -> (lane, seconds, submitted at)
     waits: list[float] = []
