@@ -46,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from prae.config import ShadowSpec, WorkloadSpec  # noqa: E402
 from prae.telemetry.alignment import align_shadow_by_progress  # noqa: E402
+from prae.workloads.curve import SAMPLE_INTERVAL_ENV  # noqa: E402
 from prae.workloads.process import WorkloadProcess  # noqa: E402
 
 # (kind, shadow mode, variant A params, variant B params)
@@ -116,7 +117,9 @@ def collect(
     )
     root = Path(args.out) / "work" / spec.name
     live = WorkloadProcess(spec, "live", root / "live", seed=args.seed)
-    shadow = WorkloadProcess(spec, "shadow", root / "shadow", seed=args.seed)
+    shadow = WorkloadProcess(
+        spec, "shadow", root / "shadow", seed=args.seed, env={SAMPLE_INTERVAL_ENV: str(args.shadow_interval)}
+    )
     live.start()
     shadow.start()
     ls, ss = [], []

@@ -471,3 +471,23 @@ def test_tasks_shadow_plays_the_stage_plan_first(tmp_path) -> None:
     assert wp.result()["steps"] == 6 and wp.result()["step_s"] == 0.25
     phases = [s.phase for s in samples if s.phase]
     assert "stage0" in phases and "stage1" in phases
+
+
+def test_timeline_shadow_is_resolved_by_its_samples_and_costs_its_fraction(tmp_path) -> None:
+    """A 5 % shadow of 1-s steps sampled every 0.2 s: 0.4-s steps at 1/8 of the amplitude,
+    not 0.05-s steps (8 to a sample, averaged away) at full amplitude; the cost is 5 % either way."""
+    from prae.workloads.curve import Curve, shadow_timeline
+
+    assert shadow_timeline(1.0, 0.05, 0.4) == pytest.approx((0.4, 0.125))
+    assert shadow_timeline(1.0, 0.05, 0.02) == pytest.approx((0.05, 1.0))  # fast sampling: compress fully
+    assert shadow_timeline(0.1, 0.05, 0.4) == pytest.approx((0.1, 0.05))  # never slower than the live run
+    live = Curve(np.array([0.5, 1.0, 0.25]), np.full(3, 8e6), np.zeros(3), np.zeros(3), 1.0)
+    sh = live.shadow(0.05, 0.4)
+    assert math.isclose((sh.cpu * sh.step_s).sum(), 0.05 * (live.cpu * live.step_s).sum())
+    assert np.allclose(sh.cpu / sh.cpu.max(), live.cpu / live.cpu.max())  # the same shape
+
+    s = spec("replay", shadow=ShadowSpec(mode="sample", fraction=0.1))
+    wp = WorkloadProcess(s, "shadow", tmp_path / "shadow", env={"PRAE_SAMPLE_INTERVAL_S": "0.1"})
+    run_to_end(wp)
+    assert wp.exit_code() == 0, wp.error()
+    assert wp.result()["step_s"] == pytest.approx(0.2)  # 0.4-s live steps x 0.1 -> 0.04 s, raised to 2 x 0.1 s

@@ -25,6 +25,7 @@ from prae.engine.broker import ReservationBroker
 from prae.engine.ray_backends import RayCapacityFloor, RayPlacementBackend
 from prae.policy.requests import ResourceRequest
 from prae.telemetry.sample import TelemetrySample
+from prae.workloads.curve import SAMPLE_INTERVAL_ENV
 from prae.workloads.process import WorkloadProcess
 
 log = logging.getLogger(__name__)
@@ -120,7 +121,9 @@ class WorkloadSupervisor:
         # A 5 % shadow lasts seconds: sample it 5x as often as the live run (>= 0.1 s) so
         # its phases are resolved well enough to align by progress.
         shadow_interval = max(0.1, interval_s / 5)
-        return WorkloadHost.options(**opts).remote(self.spec, "shadow", f"{workdir}/shadow", seed, shadow_interval)
+        # ... and tell it, so a timeline shadow never steps faster than its samples resolve.
+        env = {SAMPLE_INTERVAL_ENV: f"{shadow_interval:g}"}
+        return WorkloadHost.options(**opts).remote(self.spec, "shadow", f"{workdir}/shadow", seed, shadow_interval, env)
 
     def start(self) -> dict[str, Any]:
         # The shadow starts with the live run so it gets ahead of it on its smaller data.

@@ -36,6 +36,7 @@ import numpy as np
 from prae.workloads.context import WorkloadContext
 
 BLOCK = 8 * 1024 * 1024
+SAMPLE_INTERVAL_ENV = "PRAE_SAMPLE_INTERVAL_S"  # how often the role's telemetry is sampled
 SCRATCH_WRAP = 64 * 1024 * 1024
 SLICES_PER_STEP = 10
 
@@ -81,16 +82,38 @@ class Curve:
     def __len__(self) -> int:
         return len(self.cpu)
 
-    def compressed(self, fraction: float, min_step_s: float = 0.05) -> Curve:
-        """The same curve in ``fraction`` of the time (a shadow's timeline), steps >= min_step_s."""
-        return Curve(
-            self.cpu,
-            self.mem,
-            self.disk,
-            self.net,
-            max(min_step_s, self.step_s * fraction),
-            self.phases,
-        )
+    def shadow(self, fraction: float, min_step_s: float) -> Curve:
+        """The shadow's curve: ``fraction`` of the cost, ahead of the live run, resolved.
+
+        Time is compressed by ``fraction`` only down to ``min_step_s`` (what the shadow's
+        sampling can resolve: a step shorter than a sample is averaged away); the rest of
+        the saving comes from a smaller amplitude. Cost (resource x seconds) is ``fraction``
+        of the live curve's either way; shapes survive scaling because the predictor
+        normalises each series itself.
+        """
+        step, scale = shadow_timeline(self.step_s, fraction, min_step_s)
+        return Curve(self.cpu * scale, self.mem * scale, self.disk * scale, self.net * scale, step, self.phases)
+
+
+def shadow_timeline(step_s: float, fraction: float, min_step_s: float) -> tuple[float, float]:
+    """(shadow step seconds, amplitude factor) for a timeline workload's shadow.
+
+    E.g. 1-s live steps, fraction 0.05, samples every 0.2 s (min step 0.4 s): 0.4-s steps at
+    0.125 of the amplitude -- not 0.05-s steps at full amplitude, four of which would fall
+    into one sample. Never slower than the live run.
+    """
+    step = max(step_s * fraction, min(min_step_s, step_s))
+    return step, fraction * step_s / step
+
+
+def shadow_min_step_s() -> float:
+    """Two of the shadow's own sampling intervals (``PRAE_SAMPLE_INTERVAL_S``, set by whoever
+    samples it; 0.1 s if unset): every step is seen whole by at least one sample."""
+    try:
+        interval = float(os.environ.get(SAMPLE_INTERVAL_ENV, "0.1"))
+    except ValueError:
+        interval = 0.1
+    return 2 * max(0.01, interval)
 
 
 class _Sink:

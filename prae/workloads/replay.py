@@ -5,9 +5,10 @@ is scaled so its peaks are ``cpu_max`` cores, ``mem_max`` bytes, ``disk_max`` an
 bytes/s, and played with one trace row per ``step_s`` seconds (Bitbrains rows are 300 s: the
 default 1 s is a 300× time compression) by :class:`~prae.workloads.curve.CurvePlayer`.
 
-Shadow (sample or simulate): the same curve in ``fraction`` of the time (steps of
-``step_s × fraction``, at least 50 ms) at the same amplitude, so it costs about ``fraction``
-of the live run and reaches every point of the curve first.
+Shadow (sample or simulate): the same curve at ``fraction`` of the cost, ahead of the live
+run: compressed in time as far as its sampling resolves (steps of ``step_s × fraction``, at
+least two sampling intervals), the rest of the saving by a smaller amplitude
+(:meth:`~prae.workloads.curve.Curve.shadow`). It reaches every point of the curve first.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from prae.workloads.context import WorkloadContext
-from prae.workloads.curve import Curve, play_curve
+from prae.workloads.curve import Curve, play_curve, shadow_min_step_s
 from prae.workloads.tracesrc import load_window, scale_to_peaks
 
 
@@ -34,7 +35,7 @@ def trace_curve(params: Any) -> Curve:
 def run(ctx: WorkloadContext) -> dict[str, Any]:
     curve = trace_curve(ctx.params)
     if ctx.is_shadow:
-        curve = curve.compressed(ctx.fraction)
+        curve = curve.shadow(ctx.fraction, shadow_min_step_s())
     out = play_curve(ctx, curve)
     out["trace"] = ctx.params["trace"]
     return out

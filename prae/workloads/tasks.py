@@ -15,9 +15,9 @@ schedules plainly. The result says how many tasks ran in the reservation and how
 waited between submission and start -- the waiting PRAE exists to remove.
 
 Shadow (sample or simulate): the stage plan played as a resource curve (cores = lanes x
-``task_cpu``, memory = lanes x ``task_mem_mb``) in ``fraction`` of the time, on the shadow's
-own resources, without Ray: it costs about ``fraction`` of the live run and reaches every
-stage first.
+``task_cpu``, memory = lanes x ``task_mem_mb``) at ``fraction`` of the cost (see
+:meth:`~prae.workloads.curve.Curve.shadow`), on the shadow's own resources, without Ray: it
+reaches every stage first.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import numpy as np
 
 from prae.errors import ConfigError
 from prae.workloads.context import WorkloadContext
-from prae.workloads.curve import Curve, play_curve
+from prae.workloads.curve import Curve, play_curve, shadow_min_step_s
 
 _STAGE = re.compile(r"\s*(\d+)\s*x\s*(\d+(?:\.\d*)?)\s*")
 SLICE_S = 0.02
@@ -95,7 +95,7 @@ def burn(seconds: float, cores: float, mem_bytes: int) -> float:
 def run(ctx: WorkloadContext) -> dict[str, Any]:
     stages = parse_stages(ctx.name, ctx.params["stages"])
     if ctx.is_shadow:
-        out = play_curve(ctx, stage_curve(ctx.params, stages).compressed(ctx.fraction))
+        out = play_curve(ctx, stage_curve(ctx.params, stages).shadow(ctx.fraction, shadow_min_step_s()))
         out["stages"] = len(stages)
         return out
     return _run_live(ctx, stages)
