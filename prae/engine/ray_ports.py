@@ -172,7 +172,10 @@ class RayRetrainer:
         from train.retrain import retrain_from_store
 
         spec, run = self.config.retrain, self.config.run
-        task = ray.remote(num_cpus=0)(retrain_from_store)
+        # max_calls=1: the worker exits after the run, and with it the Train controller actor
+        # it owns -- Train V2 leaves the controller ALIVE after fit() returns, one leaked
+        # actor process per retraining otherwise.
+        task = ray.remote(num_cpus=0, max_calls=1)(retrain_from_store)
         self.ref = task.remote(
             store_root=str(self.store_root),
             base_checkpoint=self.base,
