@@ -218,3 +218,30 @@ def test_zero_request_releases():
     broker.apply([req("a", 1)], now=1.0)
     broker.apply([replace(req("a", 0), cpu=0.0, mem=0.0)], now=2.0)
     assert backend.live() == []
+
+
+def test_waiting_higher_rank_preempts_unused_lower_reservation():
+    """Capacity 4: 'low' holds 3 CPUs it does not use; 'high' now outranks it under the
+    budget (the plan demotes 'low' to the floor) and needs 3. Without pre-emption 'high'
+    would wait in Ray behind an idle reservation; with it, 'low' gives its slice back."""
+    backend = InUseBackend(capacity=4)
+    broker = ReservationBroker(backend, FakeFloor(), "t-")
+    broker.apply([req("low", 3.0)], now=0.0)
+    assert broker.ready_amount("low") == (3.0, 0.0)
+    step = ordered(req("high", 3.0, prio=1), req("low", 3.0, realisation="autoscaler_floor"))
+    broker.apply(step, now=1.0)
+    assert broker.ready_amount("high") == (3.0, 0.0)  # ready in the same step
+    assert broker.ready_amount("low") == (0.0, 0.0)
+    (low_rec,) = [r for r in broker.records() if r["workload"] == "low"]
+    assert low_rec["state"] == "removed" and low_rec["preempted_by"] == "high"
+
+
+def test_busy_lower_reservation_is_never_preempted():
+    backend = InUseBackend(capacity=4)
+    broker = ReservationBroker(backend, FakeFloor(), "t-")
+    broker.apply([req("low", 3.0)], now=0.0)
+    backend.busy.add(broker.ready_group_names("low")[0])  # its tasks run in it
+    broker.apply(ordered(req("high", 3.0, prio=1), req("low", 3.0, realisation="autoscaler_floor")), now=1.0)
+    assert broker.ready_amount("low") == (3.0, 0.0)  # kept: removing it would kill its tasks
+    assert broker.ready_amount("high") == (0.0, 0.0)  # waits (the floor asks the autoscaler)
+    assert [r["state"] for r in broker.records() if r["workload"] == "high"] == ["pending"]

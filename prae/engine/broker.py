@@ -13,6 +13,12 @@ kills what runs in it), and every bundle keeps its node: make-before-break by de
 Bundles are the workload's unit (``bundle_cpu``), so a 6-core reservation of 1-core tasks
 is six bundles that spread over 2-core nodes.
 
+Pre-emption: a request the plan demoted to the autoscaler floor (outranked under the
+budget, or not confident enough) keeps what it holds while it uses it, but while a
+higher-ranked slice waits in Ray for capacity, its *unused* ready slices are removed,
+lowest-ranked first, until the waiting slices fit in what was freed (``preempted_by``
+says for whom). A demoted workload's busy slices are never taken.
+
 Observe-only requests become ``observed`` records, never placement groups: what PRAE
 would have held, reported like what it holds. The broker is also the one owner of the
 autoscaler floor (``request_resources``), re-asserted every step.
@@ -71,6 +77,7 @@ class Reservation:
     ready_at: float | None = None
     removed_at: float | None = None
     adopted: bool = False  # found at start-up, left by a previous allocator
+    preempted_by: str | None = None  # removed, unused, to make room for this workload's slice
     handle: Any = None
 
     @property
@@ -251,6 +258,7 @@ class ReservationBroker:
             self._resize(req, now)
         self._release_unclaimed_adoptions(requests, now)
         self._launch(requests, now)
+        self._preempt_for_waiting([r.workload for r in requests if r.realisation == "autoscaler_floor"], now)
         self._set_floor(floor)
 
     def _resize(self, req: ResourceRequest, now: float) -> None:
@@ -336,6 +344,28 @@ class ReservationBroker:
             if live:
                 self.resizes.setdefault(workload, []).append((now, "grow"))
             live.append(res)
+        self._refresh(now)
+
+    def _preempt_for_waiting(self, demoted: Sequence[str], now: float) -> None:
+        """Free unused slices of ``demoted`` workloads (given best-ranked first) while slices
+        of higher-ranked requests wait in Ray for capacity."""
+        waiting = [r for w, live in self.slices.items() if w not in demoted for r in live if r.state == "pending"]
+        need = sum(r.cpu for r in waiting)
+        if need <= EPS:
+            return
+        in_use = getattr(self.backend, "in_use", None)
+        for workload in reversed(demoted):
+            live = self.slices.get(workload, [])
+            for res in sorted(live, key=lambda r: -(r.created_at or 0.0)):  # newest first
+                if need <= EPS:
+                    return
+                if res.state != "ready" or (in_use is not None and in_use(res.handle)):
+                    continue
+                res.preempted_by = waiting[0].workload
+                self._remove(res, now)
+                live.remove(res)
+                self.resizes.setdefault(workload, []).append((now, "shrink"))
+                need -= res.cpu
         self._refresh(now)
 
     def _refresh(self, now: float) -> None:
