@@ -230,3 +230,31 @@ def test_metrics_worked_numbers() -> None:
     assert wape(np.array([1.0, 3.0]), np.array([2.0, 3.0])) == pytest.approx(0.25)
     never = slack_at_violation(np.array([1.0, 1.0]), np.zeros(2), np.zeros(2), 0.0)
     assert np.isinf(never.margin)
+
+
+def test_median_choice_is_causal_and_uses_the_last_value_where_it_wins() -> None:
+    from prae.backtest.runner import Grid, choose_median
+
+    rng = np.random.default_rng(0)
+    s, t, lead = 2, 400, 3
+    y = np.empty((s, t, 4))
+    y[0] = 5.0  # flat: the last value is exact
+    y[1] = rng.lognormal(0, 1, (t, 4))  # noise around a level the "model" knows
+    raw = np.empty((s, t, 4, 5), np.float32)
+    raw[0] = (5.0 + rng.normal(0, 0.3, (t, 4)))[..., None] + np.array([-1, 0, 1, 1.5, 2])
+    raw[1] = np.exp(np.array([-1.28, 0, 1.28, 1.64, 2.33]))  # the true quantiles
+    raw[:, t - lead :] = np.nan  # targets outside the series
+    g = Grid(
+        ("a", "b"), 300.0, np.zeros(2), np.zeros(2, int), np.full(2, t), y, np.ones((2, 4), bool)
+    )
+    cfg = BacktestConfig(median_half_life=48.0)
+    med = choose_median(g, raw, cfg, lead)
+    np.testing.assert_allclose(med[0, 100 : t - lead], 5.0)  # flat series: the last value
+    np.testing.assert_allclose(med[1, 100 : t - lead], 1.0)  # noisy one: the model (e**0)
+    # changing data after step 250 changes no choice issued at or before 250
+    y2 = y.copy()
+    y2[:, 251:] *= 3.0
+    g2 = Grid(g.series_ids, g.step_s, g.starts, g.offsets, g.lengths, y2, g.has_resource)
+    med2 = choose_median(g2, raw, cfg, lead)
+    np.testing.assert_array_equal(med[:, :251], med2[:, :251])
+    assert not np.allclose(med[0, 260 : t - lead], med2[0, 260 : t - lead])

@@ -196,3 +196,55 @@ def test_calibration_bank_matches_single_calibrators() -> None:
         np.testing.assert_allclose(
             bank.adjust(np.array([i]), pred[0, i : i + 1])[0], singles[i].adjust(pred[0, i])
         )
+
+
+def test_median_selector_picks_the_better_candidate_per_series() -> None:
+    from prae.model.combination import MedianSelector
+
+    sel = MedianSelector(2, 1, half_life=10)
+    # series 0: the last value is exact, the model 1.0 off; series 1: the other way round
+    for _ in range(20):
+        issued = np.array([[[6.0, 5.0]], [[3.0, 9.0]]])  # (S, R, K): model, last value
+        sel.update(np.arange(2), issued, np.array([[5.0], [3.0]]))
+    assert sel.choice(np.arange(2)).tolist() == [[1], [0]]
+    np.testing.assert_allclose(sel.select(np.arange(2), issued), [[5.0], [3.0]])
+    fresh = MedianSelector(1, 1)  # no outcome yet: the model; a NaN last value: the model
+    np.testing.assert_allclose(fresh.select(np.zeros(1, int), np.array([[[2.0, 7.0]]])), [[2.0]])
+    np.testing.assert_allclose(sel.select(np.zeros(1, int), np.array([[[2.0, np.nan]]])), [[2.0]])
+    # a NaN outcome is skipped: nothing changes
+    before = sel.err.copy()
+    sel.update(np.arange(2), issued, np.full((2, 1), np.nan))
+    np.testing.assert_array_equal(sel.err, before)
+    with pytest.raises(ValueError, match="half_life"):
+        MedianSelector(1, 1, half_life=0)
+
+
+def test_with_median_keeps_every_other_level() -> None:
+    from prae.model.combination import with_median
+
+    q = np.array([[1.0, 2.0, 3.0, 4.0, 5.0]] * 4)
+    out = with_median(q, np.array([2.5, 9.0, 0.2, np.nan]))
+    np.testing.assert_allclose(out[:, 1], [2.5, 3.0, 1.0, 2.0])  # clipped into [q0.1, q0.9]
+    np.testing.assert_array_equal(np.delete(out, 1, axis=1), np.delete(q, 1, axis=1))
+    assert (np.diff(out, axis=-1) >= 0).all()
+
+
+def test_level_weights_worked_number_and_weighted_fit() -> None:
+    from prae.model.training import level_weights
+
+    scale = torch.tensor([[1.0], [1.0], [10.0], [5.0]])
+    present = torch.tensor([[True], [True], [True], [False]])
+    w = level_weights(scale, present, power=1.0)
+    np.testing.assert_allclose(w[:, 0].numpy(), [0.25, 0.25, 2.5, 0.0], rtol=1e-6)
+    w = concat_windows(
+        [
+            windows_from_series(make_series(seed=s, level=4.0**s), None, 16, 4, stride=2)
+            for s in range(3)
+        ]
+    )
+    runs = []
+    for power in (0.0, 1.0, 1.0):
+        p = Predictor.create(TINY, seed=0)
+        fit(p, w, epochs=1, seed=0, batch_size=64, level_power=power)
+        runs.append(p.version)
+    assert runs[1] == runs[2] != runs[0]  # deterministic, and the weighting matters

@@ -67,3 +67,51 @@ def test_bad_budget_fails_with_the_rule() -> None:
         allocate(np.ones((2, 6)), 0.0)
     with pytest.raises(ValueError, match="levels"):
         allocate(np.ones((2, 3)), 0.01)
+
+
+def test_tail_levels_between_quantiles() -> None:
+    from prae.policy.violation_budget import POOLED_LEVELS
+
+    q = np.array([1.0, 2.0, 3.0, 4.0, 8.0])
+    t = tail_levels(q, levels=(0.7, 0.97, 0.99))
+    assert t[0] == pytest.approx(2.5)  # halfway between q0.5 and q0.9
+    assert t[1] == pytest.approx(8.0 - 4.0 * np.log(3) / np.log(5))  # 5.27, the docstring's
+    assert (np.diff(tail_levels(q, levels=POOLED_LEVELS)) >= 0).all()
+    with pytest.raises(ValueError, match="below the lowest"):
+        tail_levels(q, levels=(0.05,))
+
+
+def test_pooled_budget_spends_where_cheapest_over_time() -> None:
+    from prae.policy.violation_budget import PooledBudget
+
+    rng = np.random.default_rng(0)
+    z = np.array([-1.2816, 0.0, 1.2816, 1.6449, 2.3263])
+    s, steps = 50, 600
+    policy = PooledBudget(0.01, rate=0.01)
+    state = policy.initial_state(1)
+    pooled_cost = per_step_cost = 0.0
+    shortfall = []
+    for t in range(steps):
+        # calm steps (tight tails) alternate with spiky ones (wide tails)
+        spread = 0.05 if t % 2 else 2.0
+        base = rng.lognormal(0, 0.5, s)
+        q = (base[:, None] + spread * base[:, None] * z[None, :])[None].clip(min=0)  # (1, S, Q)
+        res, state = policy.step(q, state)
+        assert res.alloc.shape == (1, s) and np.isfinite(state).all()
+        shortfall.append(np.mean(1 - res.level))
+        pooled_cost += res.alloc.sum()
+        per_step_cost += allocate_quantiles(q, 0.01).alloc.sum()
+    assert np.mean(shortfall[100:]) == pytest.approx(0.01, abs=0.004)  # the budget, over time
+    assert pooled_cost < per_step_cost  # same budget, fewer units reserved
+    calm = np.mean(shortfall[101::2])
+    spiky = np.mean(shortfall[100::2])
+    assert spiky > calm  # the budget goes to the steps where it buys the most
+
+
+def test_pooled_budget_bad_arguments() -> None:
+    from prae.policy.violation_budget import PooledBudget
+
+    with pytest.raises(ValueError, match="budget must be in"):
+        PooledBudget(1.5)
+    with pytest.raises(ValueError, match="rate must be in"):
+        PooledBudget(0.01, rate=-1.0)

@@ -77,6 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch threads (fixed for determinism)")
     ap.add_argument("--bitbrains-only", action="store_true")
     ap.add_argument(
+        "--level-power",
+        type=float,
+        default=0.0,
+        help="weight each window's loss by (window mean / batch mean) ** p (0 = off; "
+        "prae.model.training.level_weights)",
+    )
+    ap.add_argument(
         "--time-budget-s",
         type=float,
         default=None,
@@ -114,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         cosine=True,
         log_every=200,
         max_seconds=args.time_budget_s,
+        level_power=args.level_power,
     )
     # held-out Bitbrains VMs: the same loss on series the model never saw
     heldout = [

@@ -8,7 +8,10 @@ policy sees the forecasts issued at t. ``run_backtest`` is a list of named, time
     align       put all series on one grid (they share a step; starts may differ)
     forecast    block by block: retrain on the past, then batched inference for the block
     calibrate   online conformal adjustment, step by step, vectorised over series
-    allocate    the violation-budget policy across the series alive at each step
+    point       per series, the median is the model's or the last value, whichever had
+                the smaller recent resolved error (prae.model.combination)
+    allocate    the violation-budget policy: one price per resource carried over the
+                steps (pooled over workload-steps), or per step across the series alive
     baselines   reactive, max-1h, VPA, Autopilot, seasonal naive, oracle
 """
 
@@ -22,11 +25,12 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from prae.backtest.baselines import all_baselines
+from prae.backtest.baselines import all_baselines, last_value
 from prae.model.calibration import CalibrationBank
+from prae.model.combination import MedianSelector, with_median
 from prae.model.predictor import Predictor
 from prae.model.training import TrainingWindows, concat_windows, fit, windows_from_series
-from prae.policy.violation_budget import allocate_quantiles
+from prae.policy.violation_budget import PooledBudget, allocate_quantiles
 from prae.resources import QUANTILES, RESOURCES
 from prae.traces.series import Series
 
@@ -45,6 +49,9 @@ class BacktestConfig:
     calibration_gamma: float = 0.0  # adaptive conformal step; 0 = plain rolling window
     season_s: float = 86400.0
     extra_budgets: tuple[float, ...] = (0.01, 0.05)  # policy also run at these (metrics)
+    median_half_life: float | None = 288.0  # MedianSelector memory (outcomes); None: off
+    pooled_budget: bool = True  # one price over time (PooledBudget); False: per step
+    budget_price_rate: float = 0.005  # PooledBudget.rate
 
     def validate(self, step_s: float, horizon_steps: int) -> int:
         """Lead in steps; ValueError naming the rule otherwise."""
@@ -87,7 +94,7 @@ class BacktestResult:
     grid: Grid
     lead_steps: int
     raw: np.ndarray  # (S, T, R, Q) model forecast issued at t for t + lead (NaN = none)
-    calibrated: np.ndarray  # (S, T, R, Q)
+    calibrated: np.ndarray  # (S, T, R, Q); median = the per-series choice (``point``)
     alloc: dict[float, np.ndarray]  # budget -> (S, T, R) PRAE allocation for t + lead
     level: np.ndarray  # (S, T, R) level chosen at the violation target
     baselines: dict[str, np.ndarray]  # name -> (S, T, R) value for t + lead
@@ -219,6 +226,31 @@ def forecast(
     return raw, versions, logs
 
 
+def choose_median(grid: Grid, raw: np.ndarray, cfg: BacktestConfig, lead: int) -> np.ndarray:
+    """Point forecasts (S, T, R): per series, the model's median or the last value,
+    whichever had the smaller recent resolved error (``MedianSelector``). At step t it
+    learns from the targets that arrived at t (issued at t - lead), then chooses for the
+    forecasts issued at t."""
+    i50 = QUANTILES.index(0.5)
+    s_n, t_n, r_n = raw.shape[:3]
+    cand = np.stack([raw[..., i50].astype(np.float64), last_value(grid.y)], axis=-1)
+    if cfg.median_half_life is None:
+        return cand[..., 0]
+    sel = MedianSelector(s_n, r_n, half_life=cfg.median_half_life)
+    out = np.full((s_n, t_n, r_n), np.nan)
+    has = ~np.isnan(raw[..., 0, 0])  # (S, T)
+    for t in range(t_n):
+        tt = t - lead
+        if tt >= 0:
+            idx = np.flatnonzero(has[:, tt])
+            if idx.size:
+                sel.update(idx, cand[idx, tt], grid.y[idx, t])
+        idx = np.flatnonzero(has[:, t])
+        if idx.size:
+            out[idx, t] = sel.select(idx, cand[idx, t])
+    return out
+
+
 def calibrate(grid: Grid, raw: np.ndarray, cfg: BacktestConfig, lead: int) -> np.ndarray:
     """Online conformal calibration: at step t, learn from targets that arrived at t
     (issued at t - lead), then adjust the forecasts issued at t. (S, T, R, Q)."""
@@ -238,8 +270,28 @@ def calibrate(grid: Grid, raw: np.ndarray, cfg: BacktestConfig, lead: int) -> np
     return cal
 
 
+def allocate_pooled(cal: np.ndarray, budget: float, rate: float) -> tuple[np.ndarray, np.ndarray]:
+    """PRAE's pooled violation-budget allocation, step by step in time order (the price
+    at step t depends on steps <= t only): alloc, level (S, T, R)."""
+    s_n, t_n, r_n, _ = cal.shape
+    policy = PooledBudget(budget, rate=rate)
+    state = policy.initial_state(r_n)
+    alloc = np.full((s_n, t_n, r_n), np.nan)
+    level = np.full((s_n, t_n, r_n), np.nan)
+    has = ~np.isnan(cal[..., 0]).all(axis=2)  # (S, T)
+    for t in range(t_n):
+        idx = np.flatnonzero(has[:, t])
+        if not idx.size:
+            continue
+        q = cal[idx, t].transpose(1, 0, 2).astype(np.float64)  # (R, n, Q)
+        res, state = policy.step(q, state)
+        alloc[idx, t] = res.alloc.T
+        level[idx, t] = res.level.T
+    return alloc, level
+
+
 def allocate(cal: np.ndarray, budget: float, chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
-    """PRAE's violation-budget allocation for every step: alloc, level (S, T, R)."""
+    """PRAE's per-step violation-budget allocation for every step: alloc, level (S, T, R)."""
     s_n, t_n, r_n, _ = cal.shape
     alloc = np.full((s_n, t_n, r_n), np.nan)
     level = np.full((s_n, t_n, r_n), np.nan)
@@ -273,11 +325,21 @@ def run_backtest(series: list[Series], predictor: Predictor, cfg: BacktestConfig
     cal = calibrate(grid, raw, cfg, lead)
     timed("calibrate", t0)
 
+    # after calibration, which keeps learning from the model's own quantiles; the chosen
+    # median stays inside the calibrated [q0.1, q0.9], so coverage does not move
+    t0 = time.perf_counter()
+    if cfg.median_half_life is not None:
+        cal = with_median(cal, choose_median(grid, raw, cfg, lead))
+    timed("point", t0)
+
     t0 = time.perf_counter()
     allocs: dict[float, np.ndarray] = {}
     level = np.empty(0)
     for budget in dict.fromkeys((cfg.violation_target, *cfg.extra_budgets)):
-        alloc, lv = allocate(cal, budget)
+        if cfg.pooled_budget:
+            alloc, lv = allocate_pooled(cal, budget, cfg.budget_price_rate)
+        else:
+            alloc, lv = allocate(cal, budget)
         allocs[budget] = alloc
         if budget == cfg.violation_target:
             level = lv

@@ -7,9 +7,11 @@ predictor that Serve and ``prae backtest`` share. No Ray import anywhere in here
     predictor.py    Predictor: load/builtin/save/predict
     checkpoint.py   the checkpoint file format (atomic save, validated load)
     calibration.py  ConformalCalibrator / CalibrationBank: online per-workload intervals
+    combination.py  MedianSelector: per workload, the model's median or the last value
 """
 
 from prae.model.calibration import CalibrationBank, ConformalCalibrator
+from prae.model.combination import MedianSelector
 from prae.model.module import ModelConfig, QuantileLSTM
 from prae.model.predictor import Predictor, builtin_checkpoint_path
 from prae.model.training import TrainingWindows, concat_windows, fit, windows_from_series
@@ -17,6 +19,7 @@ from prae.model.training import TrainingWindows, concat_windows, fit, windows_fr
 __all__ = [
     "CalibrationBank",
     "ConformalCalibrator",
+    "MedianSelector",
     "ModelConfig",
     "Predictor",
     "QuantileLSTM",

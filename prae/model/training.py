@@ -106,17 +106,45 @@ def concat_windows(items: list[TrainingWindows]) -> TrainingWindows:
 
 
 def pinball_loss(
-    z_pred: torch.Tensor, z_true: torch.Tensor, mask: torch.Tensor, quantiles: torch.Tensor
+    z_pred: torch.Tensor,
+    z_true: torch.Tensor,
+    mask: torch.Tensor,
+    quantiles: torch.Tensor,
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Mean pinball loss over observed targets.
+    """Mean pinball loss over observed targets (weighted mean if ``weight`` is given).
 
     z_pred: shape (B, H, R, Q); z_true: shape (B, H, R) (NaN allowed where mask is
-    False); mask: shape (B, H, R) bool; quantiles: shape (Q,).
+    False); mask: shape (B, H, R) bool; quantiles: shape (Q,); weight: shape (B, R)
+    per window and resource (see ``level_weights``) or None (all 1).
     """
     diff = torch.where(mask, z_true, torch.zeros_like(z_true))[..., None] - z_pred
     loss = torch.maximum(quantiles * diff, (quantiles - 1) * diff)
     m = mask[..., None].to(loss.dtype)
-    return (loss * m).sum() / (m.sum() * quantiles.numel()).clamp(min=1)
+    if weight is not None:
+        m = m * weight[:, None, :, None]
+    return (loss * m).sum() / (m.sum() * quantiles.numel()).clamp(min=1e-12)
+
+
+def level_weights(
+    scale: torch.Tensor, present: torch.Tensor, power: float, cap: float = 10.0
+) -> torch.Tensor:
+    """Per-window loss weights from the window's level, so training matches volume-
+    weighted metrics (WAPE, slack pool raw units: a busy VM's error costs more cores).
+
+    scale: shape (B, R) window mean in raw units; present: shape (B, R) bool.
+    w = (scale / batch mean of scale) ** power per resource, capped at ``cap`` (one huge
+    window must not be the whole batch) and renormalised to mean 1. In linear target
+    space power 1 makes the loss proportional to raw-unit pinball. Worked number:
+    scales 1, 1, 10 (mean 4) with power 1 give 0.25, 0.25, 2.5 (already mean 1).
+    Returns shape (B, R), 0 where not present.
+    """
+    s = torch.where(present, scale, torch.zeros_like(scale))
+    n = present.sum(dim=0).clamp(min=1)
+    mean = s.sum(dim=0) / n
+    w = (s / mean.clamp(min=1e-30)) ** power
+    w = torch.where(present, w.clamp(max=cap), torch.zeros_like(w))
+    return w / (w.sum(dim=0) / n).clamp(min=1e-30)
 
 
 def _batch_loss(
@@ -126,6 +154,7 @@ def _batch_loss(
     y: np.ndarray,
     q: torch.Tensor,
     device: str,
+    level_power: float = 0.0,
 ) -> torch.Tensor:
     lt = torch.from_numpy(np.ascontiguousarray(live, dtype=np.float32)).to(device)
     st = (
@@ -138,7 +167,8 @@ def _batch_loss(
     z_pred = predictor.module(features, last)
     z_true = to_model_space(yt, scale, predictor.config.target_space)
     mask = ~torch.isnan(yt) & present[:, None, :]
-    return pinball_loss(z_pred, z_true, mask, q)
+    weight = level_weights(scale, present, level_power) if level_power > 0 else None
+    return pinball_loss(z_pred, z_true, mask, q, weight)
 
 
 def _truncate_history(live: np.ndarray, rng: np.random.Generator, prob: float) -> np.ndarray:
@@ -170,6 +200,7 @@ def fit(
     cosine: bool = False,
     log_every: int = 0,
     max_seconds: float | None = None,
+    level_power: float = 0.0,
 ) -> dict[str, float]:
     """Fine-tune ``predictor`` in place with pinball loss; deterministic for ``seed``.
 
@@ -179,6 +210,7 @@ def fit(
         with 0, no extra pass: ``val_loss`` is the last epoch's training loss.
     max_seconds: stop early after this much wall time (exploration only: the result then
         depends on the machine's speed and is no longer reproducible).
+    level_power: weight each window's loss by its level (``level_weights``); 0 = off.
     Returns {"loss": mean training loss of the last epoch, "val_loss": ..., "steps": n}.
     """
     if epochs < 0:
@@ -229,7 +261,7 @@ def fit(
                 idx = order[lo : lo + batch_size]
                 live, shadow, y = windows.batch(idx)
                 live = _truncate_history(live, rng, truncate_prob)
-                loss = _batch_loss(predictor, live, shadow, y, q, device)
+                loss = _batch_loss(predictor, live, shadow, y, q, device, level_power)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
