@@ -234,3 +234,26 @@ def test_profile_and_allocator_settings_reach_the_planner(tmp_path):
     lim = loop.planner.limits
     assert (lim.peak_hold_s, lim.min_hold_s, lim.max_shrinks_per_hour) == (120.0, 10.0, 3.0)
     assert loop.policies["tasks"].unit_cpu == 0.5
+
+
+def test_tracker_chooses_the_last_value_where_the_model_median_keeps_missing():
+    """The live engine makes the backtest's per-workload median choice: on a flat series the
+    last value is exact and a model median 30 % high is not; once outcomes have resolved,
+    the forecast's median is the last value (inside the calibrated interval), and the other
+    quantiles are untouched. Before any outcome, the model's median stands."""
+    from prae.config import WorkloadSpec
+    from prae.engine.tracker import PendingForecast, WorkloadTracker
+
+    tr = WorkloadTracker(WorkloadSpec(name="flat", kind="etl"), interval_s=1.0)
+    i50 = QUANTILES.index(0.5)
+    raw = np.array([[0.5, 1.3, 2.0, 2.2, 2.5]] * 4)  # (R, Q): median 1.3, truth 1.0
+    for t in range(12):
+        tr.live.extend([TelemetrySample(ts=float(t), cpu=1.0, mem=1.0, disk=1.0, net=1.0)])
+        cal, cand = tr.point_forecast(raw, raw.copy())
+        if t == 0:
+            assert cal[0, i50] == 1.3  # no outcome yet: the model
+        tr.add_forecast(PendingForecast(float(t), t + 1.0, cal, raw, "model", "v", False, cand))
+        tr.resolve({})
+    cal, _ = tr.point_forecast(raw, raw.copy())
+    assert cal[0, i50] == 1.0
+    assert np.array_equal(np.delete(cal, i50, axis=1), np.delete(raw, i50, axis=1))

@@ -203,10 +203,14 @@ class EngineLoop:
         for i, tr in enumerate(running):
             raw_steps = np.asarray(batch.quantiles[i, : h + 1], dtype=float)  # (h+1, R, Q)
             cal_steps = tr.calibrator.adjust(raw_steps)
-            raw, cal = raw_steps[h], cal_steps[h]
+            raw = raw_steps[h]
+            cal, candidates = tr.point_forecast(raw, cal_steps[h])
+            cal_steps[h] = cal
             issued_at = tr.live.ts[-1]
             tr.add_forecast(
-                PendingForecast(issued_at, issued_at + lead_s, cal, raw, batch.source, batch.version, windows[i][2])
+                PendingForecast(
+                    issued_at, issued_at + lead_s, cal, raw, batch.source, batch.version, windows[i][2], candidates
+                )
             )
             forecasts.append(
                 self._workload_forecast(tr, cal_steps, issued_at, lead_s, windows[i][2], batch.source != "model")

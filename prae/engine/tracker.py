@@ -16,6 +16,7 @@ import numpy as np
 
 from prae.config import WorkloadSpec
 from prae.model.calibration import ConformalCalibrator
+from prae.model.combination import MedianSelector, with_median
 from prae.resources import QUANTILE_COLUMNS, QUANTILES, RESOURCES
 from prae.telemetry.alignment import align_shadow_by_progress
 from prae.telemetry.sample import TelemetrySample
@@ -63,6 +64,7 @@ class PendingForecast:
     source: str
     model_version: str
     shadow_used: bool
+    candidates: np.ndarray | None = None  # (R, 2) model median and last value at issue
 
 
 @dataclass
@@ -74,7 +76,9 @@ class RoleStatus:
 
 
 class WorkloadTracker:
-    def __init__(self, spec: WorkloadSpec, interval_s: float, calibration_window: int = 200) -> None:
+    def __init__(
+        self, spec: WorkloadSpec, interval_s: float, calibration_window: int = 200, median_half_life: float = 288.0
+    ) -> None:
         self.spec = spec
         self.interval_s = interval_s
         self.live = Series()
@@ -83,6 +87,9 @@ class WorkloadTracker:
         self.shadow_status = RoleStatus()
         self.pending: deque[PendingForecast] = deque()
         self.calibrator = ConformalCalibrator(QUANTILES, window=calibration_window)
+        # The same per-workload choice of the point forecast as the backtest's
+        # (prae.backtest.runner.choose_median): the model's median or the last value.
+        self.median_choice = MedianSelector(1, len(RESOURCES), half_life=median_half_life)
         self.released = False
 
     @property
@@ -125,6 +132,15 @@ class WorkloadTracker:
     def add_forecast(self, fc: PendingForecast) -> None:
         self.pending.append(fc)
 
+    def point_forecast(self, raw: np.ndarray, calibrated: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The calibrated forecast (R, Q) with its median replaced by the chosen candidate
+        (kept inside [q0.1, q0.9]), and the candidates (R, 2) to score when the target comes."""
+        i50 = QUANTILES.index(0.5)
+        last = self.live.values[-1] if self.live.values else np.full(len(RESOURCES), np.nan)
+        cand = np.stack([np.asarray(raw, dtype=float)[:, i50], np.asarray(last, dtype=float)], axis=-1)
+        chosen = self.median_choice.select(np.zeros(1, np.int64), cand[None])[0]
+        return with_median(calibrated, chosen), cand
+
     def resolve(self, reserved: Mapping[str, float], *, final: bool = False) -> list[dict[str, Any]]:
         """Forecast rows whose target time has been observed (or, if ``final``, all of them).
 
@@ -141,6 +157,8 @@ class WorkloadTracker:
             if near is not None and abs(near[0] - fc.target_ts) <= max(tolerance, self.interval_s):
                 actual = near[1]
                 self.calibrator.update(fc.raw, actual)
+                if fc.candidates is not None:
+                    self.median_choice.update(np.zeros(1, np.int64), fc.candidates[None], np.asarray(actual)[None])
             for r, res in enumerate(RESOURCES):
                 row: dict[str, Any] = {
                     "issued_at": fc.issued_at,
