@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -238,35 +239,49 @@ def choose_median(grid: Grid, raw: np.ndarray, cfg: BacktestConfig, lead: int) -
         return cand[..., 0]
     sel = MedianSelector(s_n, r_n, half_life=cfg.median_half_life)
     out = np.full((s_n, t_n, r_n), np.nan)
-    has = ~np.isnan(raw[..., 0, 0])  # (S, T)
-    for t in range(t_n):
+
+    def learn(idx: np.ndarray, tt: int, t: int) -> None:
+        sel.update(idx, cand[idx, tt], grid.y[idx, t])
+
+    def act(idx: np.ndarray, t: int) -> None:
+        out[idx, t] = sel.select(idx, cand[idx, t])
+
+    walk_causally(~np.isnan(raw[..., 0, 0]), lead, learn, act)
+    return out
+
+
+def walk_causally(
+    has: np.ndarray, lead: int, learn: Callable[[np.ndarray, int, int], None], act: Callable[[np.ndarray, int], None]
+) -> None:
+    """The online replay every stateful step of the backtest shares. ``has`` (S, T): which
+    series forecast at which step. At step t, first ``learn(idx, t - lead, t)`` from the
+    forecasts whose targets arrive at t, then ``act(idx, t)`` for the forecasts issued at
+    t: a forecast never sees an outcome after its issue time."""
+    for t in range(has.shape[1]):
         tt = t - lead
         if tt >= 0:
             idx = np.flatnonzero(has[:, tt])
             if idx.size:
-                sel.update(idx, cand[idx, tt], grid.y[idx, t])
+                learn(idx, tt, t)
         idx = np.flatnonzero(has[:, t])
         if idx.size:
-            out[idx, t] = sel.select(idx, cand[idx, t])
-    return out
+            act(idx, t)
 
 
 def calibrate(grid: Grid, raw: np.ndarray, cfg: BacktestConfig, lead: int) -> np.ndarray:
     """Online conformal calibration: at step t, learn from targets that arrived at t
     (issued at t - lead), then adjust the forecasts issued at t. (S, T, R, Q)."""
-    s_n, t_n = raw.shape[:2]
+    s_n = raw.shape[0]
     bank = CalibrationBank(s_n, window=cfg.calibration_window, gamma=cfg.calibration_gamma)
     cal = np.full_like(raw, np.nan)
-    has = ~np.isnan(raw[..., 0, 0])  # (S, T)
-    for t in range(t_n):
-        tt = t - lead
-        if tt >= 0:
-            idx = np.flatnonzero(has[:, tt])
-            if idx.size:
-                bank.update(idx, raw[idx, tt], grid.y[idx, t], issued=cal[idx, tt])
-        idx = np.flatnonzero(has[:, t])
-        if idx.size:
-            cal[idx, t] = bank.adjust(idx, raw[idx, t])
+
+    def learn(idx: np.ndarray, tt: int, t: int) -> None:
+        bank.update(idx, raw[idx, tt], grid.y[idx, t], issued=cal[idx, tt])
+
+    def act(idx: np.ndarray, t: int) -> None:
+        cal[idx, t] = bank.adjust(idx, raw[idx, t])
+
+    walk_causally(~np.isnan(raw[..., 0, 0]), lead, learn, act)
     return cal
 
 
