@@ -11,8 +11,10 @@ from prae.errors import PraeError
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from prae.config import load_config
+    from prae.workloads.kinds import check_workloads
 
     cfg = load_config(args.config)
+    check_workloads(cfg)
     print(f"{args.config}: OK — {len(cfg.workloads)} workload(s): {', '.join(w.name for w in cfg.workloads)}")
     return 0
 
@@ -22,8 +24,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     from prae.config import load_config
     from prae.engine.runner import init_ray, print_summary, run, with_overrides
+    from prae.workloads.kinds import check_workloads
 
     cfg = with_overrides(load_config(args.config), store_dir=args.store_dir, observe_only=args.observe_only)
+    check_workloads(cfg)  # before Ray starts: a bad workload is a config error, not a dead actor
     started = init_ray(cfg, address=args.address, dashboard=not args.no_dashboard)
     try:
         summary = run(cfg, duration_s=args.duration, keep_serving=args.keep_serving)

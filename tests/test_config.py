@@ -127,3 +127,17 @@ def test_parse_size(text, expected):
 def test_parse_size_rejects(bad):
     with pytest.raises(ValueError):
         parse_size(bad)
+
+
+def test_validate_and_run_check_each_workload_before_starting(tmp_path, capsys):
+    """A workload's own parameters (here a tasks job's stages) are checked by `prae validate`
+    and by `prae run` before Ray starts, against the file and the full field path."""
+    from prae.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("workloads:\n  - name: ok\n    kind: etl\n  - name: j\n    kind: tasks\n    params: {stages: '2 by 3'}\n")
+    for cmd in (["validate", str(bad)], ["run", str(bad)]):
+        assert main(cmd) == 2
+        err = capsys.readouterr().err
+        assert f"{bad}: field 'workloads[1].params.stages'" in err and "LANESxSECONDS" in err
+    assert main(["validate", str(ROOT / "configs" / "demo.yaml")]) == 0

@@ -33,7 +33,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from prae.config import TIMELINE_KINDS, WorkloadSpec
+from prae.config import TIMELINE_KINDS, PraeConfig, WorkloadSpec
 from prae.errors import ConfigError, WorkloadError
 from prae.workloads.params import Param, read_params
 
@@ -187,6 +187,19 @@ def check_spec(spec: WorkloadSpec, role: str) -> dict[str, object]:
             f"use one of python, command, {', '.join(PARAMS)}",
         )
     return dict(spec.params)
+
+
+def check_workloads(config: PraeConfig) -> None:
+    """Every workload of a config, for each role it will run in, checked before anything
+    starts; a mistake is reported against the file and the full field path
+    (``workloads[2].params.stages``), as a parse error would be."""
+    for i, spec in enumerate(config.workloads):
+        roles = ("live",) if spec.shadow.mode == "none" else ("live", "shadow")
+        for role in roles:
+            try:
+                check_spec(spec, role)
+            except ConfigError as err:
+                raise ConfigError(config.source, f"workloads[{i}].{err.field}", err.problem, err.fix) from err
 
 
 def _check_entrypoint(spec: WorkloadSpec, source: str) -> None:
