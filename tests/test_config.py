@@ -20,7 +20,7 @@ def minimal(**workload):
 
 def test_demo_config_parses_into_frozen_objects():
     cfg = load_config(ROOT / "configs" / "demo.yaml")
-    assert 2 <= len(cfg.workloads) <= 4
+    assert 2 <= len(cfg.workloads) <= 3
     assert len({w.kind for w in cfg.workloads}) >= 2
     with pytest.raises(AttributeError):
         cfg.run.interval_s = 5  # type: ignore[misc]
