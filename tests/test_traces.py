@@ -162,7 +162,6 @@ def test_resample_and_infer_step() -> None:
     assert infer_step(np.array([0, 10, 20, 100, 130.0]), np.array(["a", "a", "a", "b", "b"])) == 10
 
 
-@pytest.mark.skipif(not (SHARED / "bitbrains-rnd-2013-07").is_dir(), reason="shared traces absent")
 def test_real_bitbrains_vm_loads() -> None:
     (s,) = load_trace(SHARED / "bitbrains-rnd-2013-07", ids=["1"])
     assert s.step_s == 300 and 8000 < len(s) <= 8700
