@@ -132,6 +132,15 @@ def assert_uses(samples: list[TelemetrySample], resources: tuple[str, ...]) -> N
         )
 
 
+def start_pair(s: WorkloadSpec, tmp_path: Path) -> tuple[WorkloadProcess, WorkloadProcess]:
+    """The live run and its shadow, started together as the engine starts them."""
+    live = WorkloadProcess(s, "live", tmp_path / "live")
+    shadow = WorkloadProcess(s, "shadow", tmp_path / "shadow")
+    live.start()
+    shadow.start()
+    return live, shadow
+
+
 def spec(kind: str, **kw: Any) -> WorkloadSpec:
     params = kw.pop("params", SMALL.get(kind, {}))
     return WorkloadSpec(name=kw.pop("name", f"t-{kind}"), kind=kind, params=params, **kw)  # type: ignore[arg-type]
@@ -179,10 +188,7 @@ def test_sample_shadow_is_smaller_and_sandboxed(tmp_path) -> None:
 
 def test_python_kind_gets_a_context(tmp_path, user_module) -> None:
     s = spec("python", entrypoint="prae_test_jobs:spin", shadow=ShadowSpec(fraction=0.2))
-    live = WorkloadProcess(s, "live", tmp_path / "live")
-    shadow = WorkloadProcess(s, "shadow", tmp_path / "shadow")
-    live.start()
-    shadow.start()
+    live, shadow = start_pair(s, tmp_path)
     samples = run_to_end(live)
     run_to_end(shadow)
     assert live.exit_code() == 0, live.error()
@@ -233,10 +239,7 @@ def test_failing_command_reports_its_exit_code(tmp_path) -> None:
 
 def test_crashing_shadow_leaves_the_live_run_alone(tmp_path, user_module) -> None:
     s = spec("python", entrypoint="prae_test_jobs:crash_if_shadow")
-    live = WorkloadProcess(s, "live", tmp_path / "live")
-    shadow = WorkloadProcess(s, "shadow", tmp_path / "shadow")
-    live.start()
-    shadow.start()
+    live, shadow = start_pair(s, tmp_path)
     run_to_end(shadow)
     run_to_end(live)
     assert shadow.exit_code() == 1 and "shadow blew up" in (shadow.error() or "")
@@ -245,10 +248,7 @@ def test_crashing_shadow_leaves_the_live_run_alone(tmp_path, user_module) -> Non
 
 def test_hanging_shadow_is_stopped_at_its_timeout(tmp_path, user_module) -> None:
     s = spec("python", entrypoint="prae_test_jobs:hang_if_shadow", shadow=ShadowSpec(timeout_s=1.0))
-    live = WorkloadProcess(s, "live", tmp_path / "live")
-    shadow = WorkloadProcess(s, "shadow", tmp_path / "shadow")
-    live.start()
-    shadow.start()
+    live, shadow = start_pair(s, tmp_path)
     t = time.monotonic()
     run_to_end(shadow, timeout_s=15)
     assert time.monotonic() - t < 8
