@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--all-vms",
         action="store_true",
-        help="take the first N VMs, not the held-out ones (number % 5 == 0)",
+        help="take the first N VMs, not the held-out ones (number %% 5 == 0)",
     )
     ap.add_argument("--out", default=None, help="also write forecasts.parquet etc. here (timed)")
     ap.add_argument("--retrain-every-s", type=float, default=86400.0)
