@@ -247,13 +247,46 @@ def test_tracker_chooses_the_last_value_where_the_model_median_keeps_missing():
     tr = WorkloadTracker(WorkloadSpec(name="flat", kind="etl"), interval_s=1.0)
     i50 = QUANTILES.index(0.5)
     raw = np.array([[0.5, 1.3, 2.0, 2.2, 2.5]] * 4)  # (R, Q): median 1.3, truth 1.0
-    for t in range(12):
+    for t in range(25):  # 20 outcomes before anything but the model may be chosen
         tr.live.extend([TelemetrySample(ts=float(t), cpu=1.0, mem=1.0, disk=1.0, net=1.0)])
-        cal, cand = tr.point_forecast(raw, raw.copy())
+        cal, cand = tr.point_forecast(raw, raw.copy(), 1)
         if t == 0:
             assert cal[0, i50] == 1.3  # no outcome yet: the model
         tr.add_forecast(PendingForecast(float(t), t + 1.0, cal, raw, "model", "v", False, cand))
         tr.resolve({})
-    cal, _ = tr.point_forecast(raw, raw.copy())
+    cal, _ = tr.point_forecast(raw, raw.copy(), 1)
     assert cal[0, i50] == 1.0
     assert np.array_equal(np.delete(cal, i50, axis=1), np.delete(raw, i50, axis=1))
+
+
+def test_tracker_follows_a_shadow_that_foreshadows_the_live_run():
+    """A live run whose CPU steps 1 -> 3 -> 1 cores with its progress, and a finished shadow
+    that did the same at 1/10 of the size: once outcomes resolve, the median at a 2-step
+    lead is the shadow's change applied to the last value -- the step is forecast before
+    it happens -- where the model's median (flat 1.0) and the last value miss it."""
+    from prae.config import ShadowSpec, WorkloadSpec
+    from prae.engine.tracker import PendingForecast, WorkloadTracker
+
+    def level(p: float) -> float:
+        return 3.0 if (p * 10) % 4 >= 2 else 1.0  # 3 cores from progress 0.2 to 0.4, ...
+
+    spec = WorkloadSpec(name="w", kind="etl", shadow=ShadowSpec(mode="sample", fraction=0.1))
+    tr = WorkloadTracker(spec, interval_s=1.0, median_half_life=20)
+    for i in range(101):
+        p = i / 100
+        tr.shadow.extend([TelemetrySample(ts=0.01 * i, cpu=0.1 * level(p), mem=1.0, disk=1.0, net=1.0, progress=p)])
+    i50 = QUANTILES.index(0.5)
+    raw = np.array([[0.1, 1.0, 9.0, 9.5, 10.0]] * 4)  # wide interval, median always 1.0
+    lead, hits, steps_before_change = 2, 0, 0
+    for t in range(60):
+        p = t / 100
+        tr.live.extend([TelemetrySample(ts=1.0 + t, cpu=level(p), mem=1.0, disk=1.0, net=1.0, progress=p)])
+        tr.resolve({})
+        cal, cand = tr.point_forecast(raw, raw.copy(), lead)
+        tr.add_forecast(PendingForecast(1.0 + t, 1.0 + t + lead, cal, raw, "model", "v", True, cand))
+        future = level((t + lead) / 100)
+        if t >= 25 and future != level(p):  # a step change is coming; the last value misses it
+            steps_before_change += 1
+            hits += bool(np.isclose(cal[0, i50], future))
+    assert steps_before_change >= 4
+    assert hits == steps_before_change

@@ -201,9 +201,10 @@ def test_calibration_bank_matches_single_calibrators() -> None:
 def test_median_selector_picks_the_better_candidate_per_series() -> None:
     from prae.model.combination import MedianSelector
 
-    sel = MedianSelector(2, 1, half_life=10)
+    sel = MedianSelector(2, 1, half_life=10, min_outcomes=20)
     # series 0: the last value is exact, the model 1.0 off; series 1: the other way round
     for _ in range(20):
+        assert sel.choice(np.arange(2)).tolist() == [[0], [0]]  # too few outcomes: the model
         issued = np.array([[[6.0, 5.0]], [[3.0, 9.0]]])  # (S, R, K): model, last value
         sel.update(np.arange(2), issued, np.array([[5.0], [3.0]]))
     assert sel.choice(np.arange(2)).tolist() == [[1], [0]]
@@ -217,6 +218,34 @@ def test_median_selector_picks_the_better_candidate_per_series() -> None:
     np.testing.assert_array_equal(sel.err, before)
     with pytest.raises(ValueError, match="half_life"):
         MedianSelector(1, 1, half_life=0)
+
+
+def test_shadow_change_worked_numbers() -> None:
+    from prae.model.combination import SHADOW_CHANGE_BOUNDS, shadow_change
+
+    last = np.full(6, 2.0)
+    now = np.array([0.1, 0.0, 0.0, np.nan, 1.0, 0.1])
+    ahead = np.array([0.3, 0.0, 1.0, 0.0, 100.0, np.nan])
+    out = shadow_change(last, now, ahead)
+    # x3; 0 stays 0 -> unchanged; 0 -> 1 says nothing of size; unknown; clipped at 5x; unknown
+    np.testing.assert_allclose(out, [6.0, 2.0, np.nan, np.nan, 2.0 * SHADOW_CHANGE_BOUNDS[1], np.nan])
+
+
+def test_median_selector_takes_the_shadow_candidate_only_where_it_wins() -> None:
+    """Series 0: the shadow's change is exact, the model and the last value are not;
+    series 1 has no shadow (NaN candidate): it scores as the model and never wins."""
+    from prae.model.combination import MedianSelector
+
+    sel = MedianSelector(2, 1, half_life=10, n_candidates=3, min_outcomes=5)
+    for _ in range(10):
+        issued = np.array([[[4.0, 3.0, 5.0]], [[2.0, 9.0, np.nan]]])  # model, last, shadow
+        sel.update(np.arange(2), issued, np.array([[5.0], [2.0]]))
+    assert sel.choice(np.arange(2)).tolist() == [[2], [0]]
+    np.testing.assert_allclose(sel.select(np.arange(2), issued), [[5.0], [2.0]])
+    with pytest.raises(ValueError, match="expected 3 candidates"):
+        sel.update(np.arange(2), issued[..., :2], np.array([[5.0], [2.0]]))
+    with pytest.raises(ValueError, match="n_candidates"):
+        MedianSelector(1, 1, n_candidates=4)
 
 
 def test_with_median_keeps_every_other_level() -> None:

@@ -204,7 +204,7 @@ class EngineLoop:
             raw_steps = np.asarray(batch.quantiles[i, : h + 1], dtype=float)  # (h+1, R, Q)
             cal_steps = tr.calibrator.adjust(raw_steps)
             raw = raw_steps[h]
-            cal, candidates = tr.point_forecast(raw, cal_steps[h])
+            cal, candidates = tr.point_forecast(raw, cal_steps[h], h + 1)
             cal_steps[h] = cal
             issued_at = tr.live.ts[-1]
             tr.add_forecast(

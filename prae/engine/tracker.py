@@ -16,7 +16,7 @@ import numpy as np
 
 from prae.config import WorkloadSpec
 from prae.model.calibration import ConformalCalibrator
-from prae.model.combination import MedianSelector, with_median
+from prae.model.combination import CANDIDATES, MedianSelector, shadow_change, with_median
 from prae.resources import QUANTILE_COLUMNS, QUANTILES, RESOURCES
 from prae.telemetry.alignment import align_shadow_by_progress
 from prae.telemetry.sample import TelemetrySample
@@ -64,7 +64,7 @@ class PendingForecast:
     source: str
     model_version: str
     shadow_used: bool
-    candidates: np.ndarray | None = None  # (R, 2) model median and last value at issue
+    candidates: np.ndarray | None = None  # (R, K) the point-forecast candidates at issue
 
 
 @dataclass
@@ -88,8 +88,12 @@ class WorkloadTracker:
         self.pending: deque[PendingForecast] = deque()
         self.calibrator = ConformalCalibrator(QUANTILES, window=calibration_window)
         # The same per-workload choice of the point forecast as the backtest's
-        # (prae.backtest.runner.choose_median): the model's median or the last value.
-        self.median_choice = MedianSelector(1, len(RESOURCES), half_life=median_half_life)
+        # (prae.backtest.runner.choose_median): the model's median or the last value, and
+        # here also the last value moved as the shadow moved (NaN without a shadow, which
+        # then scores as the model's median and never wins).
+        self.median_choice = MedianSelector(
+            1, len(RESOURCES), half_life=median_half_life, n_candidates=len(CANDIDATES)
+        )
         self.released = False
 
     @property
@@ -113,12 +117,7 @@ class WorkloadTracker:
         """
         t = window_steps
         live = self.live.array()[-t:]
-        shadow = np.full_like(live, np.nan)
-        if len(self.shadow) and self.spec.shadow.mode != "none":
-            lp = np.fromiter(self.live.progress, dtype=float)
-            sp = np.fromiter(self.shadow.progress, dtype=float)
-            aligned = align_shadow_by_progress(lp, sp, self.shadow.array(), lead_steps)
-            shadow = aligned[-t:]
+        shadow = self.aligned_shadow(lead_steps)[-t:]
         pad = t - live.shape[0]
         if pad > 0:
             filler = np.full((pad, len(RESOURCES)), np.nan)
@@ -127,17 +126,35 @@ class WorkloadTracker:
         used = bool(np.isfinite(shadow[-1]).any())
         return live, shadow, used
 
+    def aligned_shadow(self, lead_steps: int) -> np.ndarray:
+        """(T, R) for the live history: what the shadow did at the progress the live run
+        should reach ``lead_steps`` after each step; all NaN without a shadow."""
+        if not len(self.shadow) or self.spec.shadow.mode == "none":
+            return np.full((len(self.live), len(RESOURCES)), np.nan)
+        lp = np.fromiter(self.live.progress, dtype=float)
+        sp = np.fromiter(self.shadow.progress, dtype=float)
+        return align_shadow_by_progress(lp, sp, self.shadow.array(), lead_steps)
+
     # ------------------------------------------------------------------ forecasts
 
     def add_forecast(self, fc: PendingForecast) -> None:
         self.pending.append(fc)
 
-    def point_forecast(self, raw: np.ndarray, calibrated: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The calibrated forecast (R, Q) with its median replaced by the chosen candidate
-        (kept inside [q0.1, q0.9]), and the candidates (R, 2) to score when the target comes."""
+    def point_forecast(
+        self, raw: np.ndarray, calibrated: np.ndarray, lead_steps: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The calibrated forecast (R, Q) for ``lead_steps`` ahead with its median replaced
+        by the chosen candidate (kept inside [q0.1, q0.9]), and the candidates (R, K) to
+        score when the target comes."""
         i50 = QUANTILES.index(0.5)
-        last = self.live.values[-1] if self.live.values else np.full(len(RESOURCES), np.nan)
-        cand = np.stack([np.asarray(raw, dtype=float)[:, i50], np.asarray(last, dtype=float)], axis=-1)
+        nan = np.full(len(RESOURCES), np.nan)
+        last = np.asarray(self.live.values[-1], dtype=float) if self.live.values else nan
+        now, ahead = nan, nan
+        if len(self.live):
+            now, ahead = self.aligned_shadow(0)[-1], self.aligned_shadow(lead_steps)[-1]
+        cand = np.stack(
+            [np.asarray(raw, dtype=float)[:, i50], last, shadow_change(last, now, ahead)], axis=-1
+        )
         chosen = self.median_choice.select(np.zeros(1, np.int64), cand[None])[0]
         return with_median(calibrated, chosen), cand
 
