@@ -13,13 +13,20 @@
    series' own future, at reduced amplitude and with noise, since the pretrained model never
    saw a shadow), then on the workload runs: train on variant A runs and test on variant B
    runs, then the reverse (2 folds).
-4. Score the median forecast (q0.5) at every horizon 1..H of every test step:
+4. The point forecast, as the engine makes it (``chosen_points``): per horizon, the
+   model's median, the last value or -- in the "with" arm -- ``shadow_change`` (the last
+   value moved as the aligned shadow moved), whichever has had the smallest error on this
+   run so far (``MedianSelector``). The model's own medians are reported too.
+5. Score the point forecast at every horizon 1..H of every test step:
    error = |forecast - actual| / (the run's mean of that resource), averaged over the
    resources the workload uses (mean > 0). ``err_all_*`` averages all forecasts;
    ``err_phase_*`` only those whose target step lies within 1 step of a phase change: a
    change of the phase the workload reports, or a shift of a resource's 3-step rolling median
    by more than half its run mean.
-   shadow_cost_ratio = shadow CPU-seconds / live CPU-seconds (memory-byte-seconds reported too).
+   shadow_cost_ratio = shadow CPU-seconds / live CPU-seconds (memory-byte-seconds reported too),
+   and per kind a fit of shadow CPU-s = start-up + marginal x live CPU-s (``cost_fit``).
+   ``noise_floor``: the same errors for an oracle that knows each target's 3-step median
+   (what sample noise leaves to any forecaster of the phase level).
 
 The last line printed is JSON. Runs are cached in ``--out`` (``--reuse`` re-scores them).
 
@@ -45,6 +52,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from prae.config import ShadowSpec, WorkloadSpec  # noqa: E402
+from prae.model.combination import MedianSelector, shadow_change  # noqa: E402
 from prae.telemetry.alignment import align_shadow_by_progress  # noqa: E402
 from prae.workloads.curve import SAMPLE_INTERVAL_ENV  # noqa: E402
 from prae.workloads.process import WorkloadProcess  # noqa: E402
@@ -228,16 +236,46 @@ def score(
     return errs, flags
 
 
-def synthetic_shadow(y: np.ndarray, lead: int, rng: np.random.Generator) -> np.ndarray:
+def chosen_points(
+    q50: np.ndarray, run: Run, steps: list[int], h: int, with_shadow: bool, half_life: float
+) -> np.ndarray:
+    """The engine's point forecast (N, H, R): per horizon, ``MedianSelector`` picks the
+    model's median, the last value or (with a shadow) ``shadow_change``, by the errors of
+    this run's forecasts resolved so far (steps are consecutive: the forecast issued at
+    ``steps[i - k]`` for horizon k resolves at ``steps[i]``)."""
+    y = np.array(run.live, dtype=float)
+    last = y[steps]  # (N, R)
+    n_c = 3 if with_shadow else 2
+    cand = np.empty(q50.shape + (n_c,))
+    cand[..., 0] = q50
+    cand[..., 1] = last[:, None, :]
+    if with_shadow:
+        now = aligned_shadow(run, 0)[steps]
+        for k in range(1, h + 1):
+            cand[:, k - 1, :, 2] = shadow_change(last, now, aligned_shadow(run, k)[steps])
+    out = np.empty(q50.shape)
+    one = np.zeros(1, np.int64)
+    for k in range(1, h + 1):
+        sel = MedianSelector(1, y.shape[1], half_life=half_life, n_candidates=n_c)
+        for i, t in enumerate(steps):
+            if i >= k:
+                sel.update(one, cand[i - k, k - 1][None], y[t][None])
+            out[i, k - 1] = sel.select(one, cand[i, k - 1][None])[0]
+    return out
+
+
+def synthetic_shadow(
+    y: np.ndarray, lead: int, rng: np.random.Generator, noise: float = 0.3
+) -> np.ndarray:
     """What an aligned shadow looks like, made from a trace's own future: row t holds the
     series at t + lead, at a reduced amplitude (a factor in 0.05..1 per resource), with
-    multiplicative noise (sigma 0.3 in log space), unknown for a random first stretch and
+    multiplicative noise (sigma ``noise`` in log space), unknown for a random first stretch and
     beyond the end. Teaches the model what the shadow channel means."""
     n = len(y)
     out = np.full_like(y, np.nan)
     out[: n - lead] = y[lead:]
     out *= rng.uniform(0.05, 1.0, size=(1, y.shape[1]))
-    out *= np.exp(rng.normal(0.0, 0.3, size=out.shape))
+    out *= np.exp(rng.normal(0.0, noise, size=out.shape))
     out[: rng.integers(0, max(1, n // 10))] = np.nan
     return out.astype(np.float32)
 
@@ -256,7 +294,7 @@ def trace_windows(args: argparse.Namespace, w: int, h: int, with_shadow: bool) -
         if not path.exists():
             continue
         y = load_trace(path, "bitbrains")[0].values.astype(np.float32)
-        shadow = synthetic_shadow(y, h, rng) if with_shadow else None
+        shadow = synthetic_shadow(y, h, rng, args.synthetic_noise) if with_shadow else None
         items.append(windows_from_series(y, shadow, w, h, stride=4))
     return concat_windows(items)
 
@@ -315,8 +353,10 @@ def evaluate(runs: list[Run], args: argparse.Namespace) -> dict[str, Any]:
         bases[arm] = model
     results: dict[str, dict[str, list[np.ndarray]]] = {}
     folds = [("A", "B"), ("B", "A")]
-    for arm in ("with", "without", "builtin"):
+    arms = ("with", "without", "builtin")
+    for arm in arms:
         results[arm] = {"err": [], "phase": [], "kind": []}
+        results[f"{arm}_model"] = {"err": [], "phase": [], "kind": []}
     for train_v, test_v in folds:
         train_runs = [r for r in runs if r.variant == train_v]
         test_runs = [r for r in runs if r.variant == test_v]
@@ -354,14 +394,16 @@ def evaluate(runs: list[Run], args: argparse.Namespace) -> dict[str, Any]:
                     if not steps:
                         continue
                     q50 = model.predict(live, shadow)[..., list(model.quantiles).index(0.5)]
-                    per_run.append((r, score(q50, r, steps, h)))
+                    point = chosen_points(q50, r, steps, h, arm == "with", args.median_half_life)
+                    per_run.append((r, score(point, r, steps, h), score(q50, r, steps, h)))
                 errs_seeds.append(per_run)
             # average the fit seeds forecast by forecast
-            for j, (r, (_e0, f0)) in enumerate(errs_seeds[0]):
-                e = np.mean([seed_runs[j][1][0] for seed_runs in errs_seeds], axis=0)
-                results[arm]["err"].append(e)
-                results[arm]["phase"].append(f0)
-                results[arm]["kind"].append(np.full(e.shape, r.kind, dtype=object))
+            for j, (r, (_e0, f0), _m) in enumerate(errs_seeds[0]):
+                for key, which in ((arm, 1), (f"{arm}_model", 2)):
+                    e = np.mean([seed_runs[j][which][0] for seed_runs in errs_seeds], axis=0)
+                    results[key]["err"].append(e)
+                    results[key]["phase"].append(f0)
+                    results[key]["kind"].append(np.full(e.shape, r.kind, dtype=object))
 
     def summarise(
         arm: str, kind: str | None = None, horizon: int | None = None
@@ -387,12 +429,26 @@ def evaluate(runs: list[Run], args: argparse.Namespace) -> dict[str, Any]:
         "builtin"
     )
     out["phase_error_reduction"] = 1.0 - out["err_phase_with"] / out["err_phase_without"]
+    # The LSTM's own medians, before the engine's per-workload choice of the point forecast.
+    model_only = {}
+    for arm in ("with", "without"):
+        (model_only[f"err_phase_{arm}"], model_only[f"err_all_{arm}"]) = summarise(f"{arm}_model")
+    out["model_median_only"] = model_only
     out["all_error_reduction"] = 1.0 - out["err_all_with"] / out["err_all_without"]
     per_kind = {}
     for kind in sorted({r.kind for r in runs}):
         pw, aw = summarise("with", kind)
         po, ao = summarise("without", kind)
-        per_kind[kind] = {"phase_with": pw, "phase_without": po, "all_with": aw, "all_without": ao}
+        mw, _ = summarise("with_model", kind)
+        mo, _ = summarise("without_model", kind)
+        per_kind[kind] = {
+            "phase_with": pw,
+            "phase_without": po,
+            "all_with": aw,
+            "all_without": ao,
+            "phase_with_model_only": mw,
+            "phase_without_model_only": mo,
+        }
     out["per_kind"] = per_kind
     lead = min(args.lead, h)
     pw, aw = summarise("with", horizon=lead)
@@ -406,6 +462,42 @@ def evaluate(runs: list[Run], args: argparse.Namespace) -> dict[str, Any]:
     n_phase = int(sum(f.sum() for f in results["with"]["phase"]))
     n_all = int(sum(f.size for f in results["with"]["phase"]))
     out["n_forecast_targets"] = {"all": n_all, "phase": n_phase}
+    out["noise_floor"] = noise_floor(runs, h, args.t0)
+    return out
+
+
+def noise_floor(runs: list[Run], h: int, t0: int) -> dict[str, float]:
+    """What no forecaster of a workload's phases can remove: the errors of an oracle that
+    knows the future and forecasts each target by its own 3-step centred median (the
+    sample-to-sample noise around the level), scored like the arms, over all runs."""
+    e_all, f_all = [], []
+    for r in runs:
+        y = np.array(r.live, dtype=float)
+        steps = list(range(t0, len(y) - h))
+        if not steps:
+            continue
+        smooth = np.array([np.median(y[max(0, i - 1) : i + 2], axis=0) for i in range(len(y))])
+        pred = np.stack([smooth[t + 1 : t + 1 + h] for t in steps])
+        e, f = score(pred, r, steps, h)
+        e_all.append(e.ravel())
+        f_all.append(f.ravel())
+    e, f = np.concatenate(e_all), np.concatenate(f_all)
+    return {"err_phase": float(e[f].mean()), "err_all": float(e.mean())}
+
+
+def cost_fit(runs: list[Run]) -> dict[str, dict[str, float]]:
+    """Per kind, shadow CPU-s = start-up + marginal × live CPU-s, fitted over its runs
+    (variants A and B differ in size): the start-up (interpreter, imports, generating
+    inputs) is paid once per run, so the ratio falls towards ``marginal`` as runs get
+    longer than these benchmark runs of 15-45 CPU-s."""
+    out = {}
+    for kind in sorted({r.kind for r in runs}):
+        pts = [(r.live_cpu_s, r.shadow_cpu_s) for r in runs if r.kind == kind]
+        live = np.array([p[0] for p in pts])
+        if len(pts) < 2 or np.ptp(live) < 1.0:
+            continue
+        marginal, startup = np.polyfit(live, np.array([p[1] for p in pts]), 1)
+        out[kind] = {"startup_cpu_s": round(float(startup), 2), "marginal": round(float(marginal), 3)}
     return out
 
 
@@ -430,9 +522,21 @@ def main() -> None:
     ap.add_argument("--lead", type=int, default=5, help="also report errors at this horizon")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
+        "--median-half-life",
+        type=float,
+        default=288.0,
+        help="the point-forecast choice's memory in outcomes (the engine's default)",
+    )
+    ap.add_argument(
         "--trace-series", type=int, default=80, help="Bitbrains VMs to pre-fine-tune on (0: none)"
     )
     ap.add_argument("--trace-samples", type=int, default=40_000, help="trace windows drawn for it")
+    ap.add_argument(
+        "--synthetic-noise",
+        type=float,
+        default=0.3,
+        help="log-space sigma of the synthetic shadow the 'with' arm pre-fine-tunes on",
+    )
     ap.add_argument(
         "--quick", action="store_true", help="tiny runs: checks the harness, measures nothing"
     )
@@ -479,6 +583,7 @@ def main() -> None:
         / max(1e-9, sum(r.live_cpu_s for r in runs if r.kind == k))
         for k in sorted({r.kind for r in runs})
     }
+    result["shadow_cost_fit_per_kind"] = cost_fit(runs)
     result["settings"] = {
         "fraction": args.fraction,
         "interval_s": args.interval,
@@ -487,6 +592,7 @@ def main() -> None:
         "fit_seeds": args.fit_seeds,
         "trace_series": args.trace_series,
         "trace_samples": args.trace_samples,
+        "synthetic_noise": args.synthetic_noise,
         "runs": len(runs),
     }
     print(json.dumps(result))
