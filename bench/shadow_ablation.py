@@ -357,6 +357,7 @@ def evaluate(runs: list[Run], args: argparse.Namespace) -> dict[str, Any]:
     for arm in arms:
         results[arm] = {"err": [], "phase": [], "kind": []}
         results[f"{arm}_model"] = {"err": [], "phase": [], "kind": []}
+    results["candidate_only"] = {"err": [], "phase": [], "kind": []}
     for train_v, test_v in folds:
         train_runs = [r for r in runs if r.variant == train_v]
         test_runs = [r for r in runs if r.variant == test_v]
@@ -395,11 +396,18 @@ def evaluate(runs: list[Run], args: argparse.Namespace) -> dict[str, Any]:
                         continue
                     q50 = model.predict(live, shadow)[..., list(model.quantiles).index(0.5)]
                     point = chosen_points(q50, r, steps, h, arm == "with", args.median_half_life)
-                    per_run.append((r, score(point, r, steps, h), score(q50, r, steps, h)))
+                    scored = [score(point, r, steps, h), score(q50, r, steps, h)]
+                    if arm == "without":  # the shadow only as a candidate, not as model input
+                        alt = chosen_points(q50, r, steps, h, True, args.median_half_life)
+                        scored.append(score(alt, r, steps, h))
+                    per_run.append((r, *scored))
                 errs_seeds.append(per_run)
             # average the fit seeds forecast by forecast
-            for j, (r, (_e0, f0), _m) in enumerate(errs_seeds[0]):
-                for key, which in ((arm, 1), (f"{arm}_model", 2)):
+            for j, (r, (_e0, f0), *_) in enumerate(errs_seeds[0]):
+                keys = [(arm, 1), (f"{arm}_model", 2)]
+                if arm == "without":
+                    keys.append(("candidate_only", 3))
+                for key, which in keys:
                     e = np.mean([seed_runs[j][which][0] for seed_runs in errs_seeds], axis=0)
                     results[key]["err"].append(e)
                     results[key]["phase"].append(f0)
@@ -434,6 +442,10 @@ def evaluate(runs: list[Run], args: argparse.Namespace) -> dict[str, Any]:
     for arm in ("with", "without"):
         (model_only[f"err_phase_{arm}"], model_only[f"err_all_{arm}"]) = summarise(f"{arm}_model")
     out["model_median_only"] = model_only
+    # The model without the shadow channel, the shadow only as the shadow_change candidate.
+    (out["err_phase_shadow_candidate_only"], out["err_all_shadow_candidate_only"]) = summarise(
+        "candidate_only"
+    )
     out["all_error_reduction"] = 1.0 - out["err_all_with"] / out["err_all_without"]
     per_kind = {}
     for kind in sorted({r.kind for r in runs}):
@@ -441,6 +453,7 @@ def evaluate(runs: list[Run], args: argparse.Namespace) -> dict[str, Any]:
         po, ao = summarise("without", kind)
         mw, _ = summarise("with_model", kind)
         mo, _ = summarise("without_model", kind)
+        pc, _ = summarise("candidate_only", kind)
         per_kind[kind] = {
             "phase_with": pw,
             "phase_without": po,
@@ -448,6 +461,7 @@ def evaluate(runs: list[Run], args: argparse.Namespace) -> dict[str, Any]:
             "all_without": ao,
             "phase_with_model_only": mw,
             "phase_without_model_only": mo,
+            "phase_shadow_candidate_only": pc,
         }
     out["per_kind"] = per_kind
     lead = min(args.lead, h)
