@@ -19,7 +19,7 @@
    run so far (``MedianSelector``). The model's own medians are reported too.
 5. Score the point forecast at every horizon 1..H of every test step:
    error = |forecast - actual| / (the run's mean of that resource), averaged over the
-   resources the workload uses (mean > 0). ``err_all_*`` averages all forecasts;
+   resources the workload uses (mean above ``USED_FLOOR``). ``err_all_*`` averages all forecasts;
    ``err_phase_*`` only those whose target step lies within 1 step of a phase change: a
    change of the phase the workload reports, or a shift of a resource's 3-step rolling median
    by more than half its run mean.
@@ -215,13 +215,19 @@ def windows_for(
     return np.stack(lives), (np.stack(shadows) if use_shadow else None), steps
 
 
+# A resource counts as used by a run whose mean is above this (cpu cores, mem bytes, disk
+# and net bytes/s). Per resource: a threshold relative to the largest mean across
+# resources (as before) compared cores with bytes and dropped the ETL's CPU.
+USED_FLOOR = np.array([0.01, 1e6, 1e3, 1e3])
+
+
 def score(
     pred_q50: np.ndarray, run: Run, steps: list[int], h: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per (forecast, horizon) errors (N, H) and whether each target is near a phase change."""
     y = np.array(run.live, dtype=float)
     scale = y.mean(axis=0)
-    used = scale > 1e-9 * np.maximum(1.0, scale.max())
+    used = scale > USED_FLOOR
     near = np.zeros(len(y), dtype=bool)
     for c in change_points(run, np.where(used, scale, 0.0)):
         near[max(0, c - 1) : c + 2] = True
