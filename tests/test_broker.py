@@ -245,3 +245,54 @@ def test_busy_lower_reservation_is_never_preempted():
     assert broker.ready_amount("low") == (3.0, 0.0)  # kept: removing it would kill its tasks
     assert broker.ready_amount("high") == (0.0, 0.0)  # waits (the floor asks the autoscaler)
     assert [r["state"] for r in broker.records() if r["workload"] == "high"] == ["pending"]
+
+
+def test_one_big_slice_shrinks_by_replacement_make_before_break():
+    """A reservation grown to 2 cores in one slice, then wanted at 0.5: whole-slice removal
+    cannot get there, so a 0.5 slice is asked for and the 2-core one is removed only once
+    the new one is ready (never less than the target held); asking again while it waits
+    creates nothing more."""
+    backend = FakePlacementBackend(capacity=2)
+    broker = ReservationBroker(backend, None, "p-")
+    broker.apply([req("a", 2)], now=1.0)
+    broker.apply([req("a", 0.5)], now=2.0)  # 2 + 0.5 > 2: the replacement waits in Ray
+    old, new = backend.groups
+    assert new.bundles == [{"CPU": 0.5}] and not new.ready and not old.removed
+    assert broker.ready_amount("a") == (2, 0.0)  # still held meanwhile
+    assert broker.held()["a"] == (0.5, 0.0)  # the planner sees what it will hold
+    broker.apply([req("a", 0.5)], now=3.0)
+    assert len(backend.groups) == 2  # no second replacement
+    backend.capacity = 3
+    broker.apply([req("a", 0.5)], now=4.0)
+    assert old.removed and new.ready and broker.ready_amount("a") == (0.5, 0.0)
+    assert broker.ready_group_names("a") == ["p-a-1"]
+    assert [c for _, c in broker.resizes["a"]] == ["shrink"]  # not counted as a grow too
+
+
+def test_replacement_spares_busy_slices_and_small_gaps():
+    backend = InUseBackend(capacity=8)
+    broker = ReservationBroker(backend, None, "p-")
+    broker.apply([req("a", 2)], now=1.0)
+    broker.apply([req("a", 1.8)], now=2.0)  # 2 is within 25 % of 1.8: not worth a new group
+    assert len(backend.groups) == 1
+    backend.busy.add("p-a-0")
+    broker.apply([req("a", 0.5)], now=3.0)  # in use: never replaced (removing it kills its tasks)
+    assert len(backend.groups) == 1 and not backend.groups[0].removed
+    backend.busy.clear()
+    broker.apply([req("a", 0.5)], now=4.0)
+    assert [g.removed for g in backend.groups] == [True, False]
+    assert broker.ready_amount("a") == (0.5, 0.0)
+
+
+def test_growing_while_a_replacement_waits_adds_to_what_stays():
+    backend = FakePlacementBackend(capacity=2)
+    broker = ReservationBroker(backend, None, "p-")
+    broker.apply([req("a", 2)], now=1.0)
+    broker.apply([req("a", 0.5)], now=2.0)  # replacement of 0.5 waits
+    broker.apply([req("a", 1.5)], now=3.0)  # 1.5 wanted: 0.5 will stay, so 1.0 more
+    assert [sum(b["CPU"] for b in g.bundles) for g in backend.groups] == [2, 0.5, 1.0]
+    assert broker.held()["a"] == (1.5, 0.0)
+    backend.capacity = 8
+    broker.apply([req("a", 1.5)], now=4.0)
+    assert [g.removed for g in backend.groups] == [True, False, False]
+    assert broker.ready_amount("a") == (1.5, 0.0)

@@ -10,6 +10,10 @@ each. Growing adds a slice for the difference; shrinking removes whole slices, n
 first, never below the target and never one the workload is using. So a resize never
 drops what a workload holds or kills a task placed in it (removing a placement group
 kills what runs in it), and every bundle keeps its node: make-before-break by design.
+Where whole slices cannot get near the target (one 1.25-core slice, 0.25 wanted: the
+demo's replayed VM held 13x what it used for its whole run), the unused ready slices are
+*replaced*: one smaller slice is asked for and they are removed once it is ready, so the
+workload holds at least the target throughout.
 Bundles are the workload's unit (``bundle_cpu``), so a 6-core reservation of 1-core tasks
 is six bundles that spread over 2-core nodes.
 
@@ -38,6 +42,10 @@ from typing import Any, Protocol
 from prae.policy.requests import ResourceRequest
 
 EPS = 1e-9
+# Replace slices by a smaller one only when whole-slice removal leaves more than this
+# share above the target: a placement group's create-and-remove is not free, and the
+# planner's hysteresis already holds back small shrinks.
+REPLACE_ABOVE = 0.25
 
 
 class PlacementBackend(Protocol):
@@ -78,6 +86,7 @@ class Reservation:
     removed_at: float | None = None
     adopted: bool = False  # found at start-up, left by a previous allocator
     preempted_by: str | None = None  # removed, unused, to make room for this workload's slice
+    replaces: list[str] = field(default_factory=list)  # slices to remove once this is ready
     handle: Any = None
 
     @property
@@ -125,6 +134,14 @@ def bundles_for(cpu: float, mem: float, unit_cpu: float = 0.0) -> list[dict[str,
 
 def _total(slices: Sequence[Reservation]) -> tuple[float, float]:
     return (sum(r.cpu for r in slices), sum(r.mem for r in slices))
+
+
+def _kept(live: Sequence[Reservation], queued: Reservation | None = None) -> list[Reservation]:
+    """The slices that stay: all but those a replacement (launched, or ``queued``) will remove."""
+    going = {n for r in live for n in r.replaces}
+    if queued is not None:
+        going.update(queued.replaces)
+    return [r for r in live if r.name not in going]
 
 
 class ReservationBroker:
@@ -189,8 +206,9 @@ class ReservationBroker:
     # ------------------------------------------------------------------ queries
 
     def held(self) -> dict[str, tuple[float, float]]:
-        """workload -> (cpu, mem) of what it holds or is about to hold."""
-        out = {w: _total(s) for w, s in self.slices.items() if s}
+        """workload -> (cpu, mem) of what it holds or is about to hold (slices being
+        replaced by a smaller one count as already replaced)."""
+        out = {w: _total(_kept(s, self.queue.get(w))) for w, s in self.slices.items() if s}
         for w, q in self.queue.items():
             c, m = out.get(w, (0.0, 0.0))
             out[w] = (c + q.cpu, m + q.mem)
@@ -263,7 +281,7 @@ class ReservationBroker:
 
     def _resize(self, req: ResourceRequest, now: float) -> None:
         live = self.slices.get(req.workload, [])
-        cpu, mem = _total(live)
+        cpu, mem = _total(_kept(live))  # a replacement in flight: what stays once it is done
         if req.cpu > cpu + EPS or req.mem > mem + EPS:  # grow: one slice for the difference
             d_cpu, d_mem = max(0.0, req.cpu - cpu), max(0.0, req.mem - mem)
             queued = self.queue.get(req.workload)
@@ -277,15 +295,19 @@ class ReservationBroker:
                 priority=req.priority, max_pending_s=req.max_pending_s,
             )
             return
-        self.queue.pop(req.workload, None)
+        queued = self.queue.pop(req.workload, None)
         if req.cpu < cpu - EPS or req.mem < mem - EPS:
-            self._shrink(req.workload, req.cpu, req.mem, now)
+            self._shrink(req, now, queued)
 
-    def _shrink(self, workload: str, cpu: float, mem: float, now: float) -> None:
+    def _shrink(self, req: ResourceRequest, now: float, queued: Reservation | None = None) -> None:
         """Remove slices, newest first (pending ones before any ready one), while what is
-        left still covers (cpu, mem) and the slice is not in use."""
+        left still covers (cpu, mem) and the slice is not in use; then, if what is left
+        is still well above the target, replace the unused ready slices by one smaller."""
+        workload, cpu, mem = req.workload, req.cpu, req.mem
         in_use = getattr(self.backend, "in_use", None)
         live = self.slices.get(workload, [])
+        if any(r.replaces for r in live):
+            return  # a replacement is waiting in Ray: shrink again once it is done
         order = sorted(live, key=lambda r: (r.state == "ready", -(r.created_at or 0.0)))
         left_cpu, left_mem = _total(live)
         removed = False
@@ -300,6 +322,32 @@ class ReservationBroker:
             removed = True
         if removed:
             self.resizes.setdefault(workload, []).append((now, "shrink"))
+        if left_cpu > cpu * (1 + REPLACE_ABOVE) + EPS or left_mem > mem * (1 + REPLACE_ABOVE) + EPS:
+            self._queue_replacement(req, now, queued)
+
+    def _queue_replacement(self, req: ResourceRequest, now: float, queued: Reservation | None) -> None:
+        """Queue one slice that, with the slices kept (in use, or not ready), covers the
+        target, replacing the unused ready ones; one replacement at a time per workload
+        (a queued one is kept as it is while the target stays the same)."""
+        live = self.slices.get(req.workload, [])
+        in_use = getattr(self.backend, "in_use", None)
+        old = [r for r in live if r.state == "ready" and not (in_use is not None and in_use(r.handle))]
+        k_cpu, k_mem = _total([r for r in live if r not in old])
+        d_cpu, d_mem = max(0.0, req.cpu - k_cpu), max(0.0, req.mem - k_mem)
+        o_cpu, o_mem = _total(old)
+        if not old or (d_cpu >= o_cpu - EPS and d_mem >= o_mem - EPS) or (d_cpu <= EPS and d_mem <= EPS):
+            return
+        names = [r.name for r in old]
+        if queued is not None and queued.replaces == names and (queued.cpu, queued.mem) == (d_cpu, d_mem):
+            self.queue[req.workload] = queued
+            return
+        self.queue[req.workload] = Reservation(
+            name=f"{self.prefix}{req.workload}-{next(self._ids)}",
+            workload=req.workload, cpu=d_cpu, mem=d_mem,
+            requested_at=now, needed_at=req.needed_at, confidence=req.confidence, reason=req.reason,
+            bundles=bundles_for(d_cpu, d_mem, req.bundle_cpu),
+            priority=req.priority, max_pending_s=req.max_pending_s, replaces=names,
+        )
 
     def _observe(self, req: ResourceRequest, now: float) -> None:
         old = self.observed.get(req.workload)
@@ -341,7 +389,7 @@ class ReservationBroker:
             res.created_at = now
             self.history.append(res)
             live = self.slices.setdefault(workload, [])
-            if live:
+            if live and not res.replaces:  # a replacement counts as a shrink when done
                 self.resizes.setdefault(workload, []).append((now, "grow"))
             live.append(res)
         self._refresh(now)
@@ -369,11 +417,26 @@ class ReservationBroker:
         self._refresh(now)
 
     def _refresh(self, now: float) -> None:
-        for live in self.slices.values():
-            for res in live:
+        for workload, live in self.slices.items():
+            for res in list(live):
                 if res.state == "pending" and self.backend.is_ready(res.handle):
                     res.state = "ready"
                     res.ready_at = now
+                    if res.replaces:
+                        self._finish_replacement(workload, res, now)
+
+    def _finish_replacement(self, workload: str, new: Reservation, now: float) -> None:
+        """The smaller slice is ready: remove the slices it replaces, except any that
+        something started to use meanwhile (a later shrink may take those)."""
+        in_use = getattr(self.backend, "in_use", None)
+        live = self.slices[workload]
+        for res in [r for r in live if r.name in new.replaces]:
+            if res.state == "ready" and in_use is not None and in_use(res.handle):
+                continue
+            self._remove(res, now)
+            live.remove(res)
+        new.replaces = []
+        self.resizes.setdefault(workload, []).append((now, "shrink"))
 
     def _set_floor(self, floor: list[dict[str, float]]) -> None:
         """Re-assert our floor every step while we have one: another component (Ray Data)
