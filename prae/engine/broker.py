@@ -287,13 +287,7 @@ class ReservationBroker:
             queued = self.queue.get(req.workload)
             if queued is not None and abs(queued.cpu - d_cpu) < EPS and abs(queued.mem - d_mem) < EPS:
                 return
-            self.queue[req.workload] = Reservation(
-                name=f"{self.prefix}{req.workload}-{next(self._ids)}",
-                workload=req.workload, cpu=d_cpu, mem=d_mem,
-                requested_at=now, needed_at=req.needed_at, confidence=req.confidence, reason=req.reason,
-                bundles=bundles_for(d_cpu, d_mem, req.bundle_cpu),
-                priority=req.priority, max_pending_s=req.max_pending_s,
-            )
+            self.queue[req.workload] = self._slice(req, d_cpu, d_mem, now)
             return
         queued = self.queue.pop(req.workload, None)
         if req.cpu < cpu - EPS or req.mem < mem - EPS:
@@ -341,12 +335,18 @@ class ReservationBroker:
         if queued is not None and queued.replaces == names and (queued.cpu, queued.mem) == (d_cpu, d_mem):
             self.queue[req.workload] = queued
             return
-        self.queue[req.workload] = Reservation(
+        self.queue[req.workload] = self._slice(req, d_cpu, d_mem, now, replaces=names)
+
+    def _slice(
+        self, req: ResourceRequest, cpu: float, mem: float, now: float, **extra: Any
+    ) -> Reservation:
+        """A new slice of (cpu, mem) for ``req``'s workload, named in sequence."""
+        return Reservation(
             name=f"{self.prefix}{req.workload}-{next(self._ids)}",
-            workload=req.workload, cpu=d_cpu, mem=d_mem,
+            workload=req.workload, cpu=cpu, mem=mem,
             requested_at=now, needed_at=req.needed_at, confidence=req.confidence, reason=req.reason,
-            bundles=bundles_for(d_cpu, d_mem, req.bundle_cpu),
-            priority=req.priority, max_pending_s=req.max_pending_s, replaces=names,
+            bundles=bundles_for(cpu, mem, req.bundle_cpu),
+            priority=req.priority, max_pending_s=req.max_pending_s, **extra,
         )
 
     def _observe(self, req: ResourceRequest, now: float) -> None:
@@ -356,13 +356,7 @@ class ReservationBroker:
         if old is not None:
             old.state, old.removed_at = "removed", now
             self.resizes.setdefault(req.workload, []).append((now, "grow" if req.cpu >= old.cpu else "shrink"))
-        res = Reservation(
-            name=f"{self.prefix}{req.workload}-{next(self._ids)}",
-            workload=req.workload, cpu=req.cpu, mem=req.mem,
-            requested_at=now, needed_at=req.needed_at, confidence=req.confidence, reason=req.reason,
-            bundles=bundles_for(req.cpu, req.mem, req.bundle_cpu),
-            priority=req.priority, max_pending_s=req.max_pending_s, state="observed",
-        )
+        res = self._slice(req, req.cpu, req.mem, now, state="observed")
         self.observed[req.workload] = res
         self.history.append(res)
 
