@@ -277,3 +277,8 @@ def test_level_weights_worked_number_and_weighted_fit() -> None:
         fit(p, w, epochs=1, seed=0, batch_size=64, level_power=power)
         runs.append(p.version)
     assert runs[1] == runs[2] != runs[0]  # deterministic, and the weighting matters
+    # unsaid, a fine-tune keeps the weighting the checkpoint was trained with
+    p = Predictor.create(TINY, seed=0)
+    p.metadata["level_power"] = 1.0
+    fit(p, w, epochs=1, seed=0, batch_size=64)
+    assert p.version == runs[1]

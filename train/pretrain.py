@@ -145,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         "torch": str(torch.__version__),
         "threads": args.threads,
         "step_s": args.step_s,
+        # fine-tunes of this checkpoint (daily in the backtest, Ray Train live) use the same loss
+        "level_power": args.level_power,
     }
     predictor.save(args.out, metadata=meta)
     print(json.dumps({**meta, "version": Predictor.load(args.out).version}, indent=2))

@@ -200,7 +200,7 @@ def fit(
     cosine: bool = False,
     log_every: int = 0,
     max_seconds: float | None = None,
-    level_power: float = 0.0,
+    level_power: float | None = None,
 ) -> dict[str, float]:
     """Fine-tune ``predictor`` in place with pinball loss; deterministic for ``seed``.
 
@@ -210,11 +210,15 @@ def fit(
         with 0, no extra pass: ``val_loss`` is the last epoch's training loss.
     max_seconds: stop early after this much wall time (exploration only: the result then
         depends on the machine's speed and is no longer reproducible).
-    level_power: weight each window's loss by its level (``level_weights``); 0 = off.
+    level_power: weight each window's loss by its level (``level_weights``); 0 = off;
+        None = the power the model was trained with (its ``metadata["level_power"]``, 0
+        if none), so daily and live fine-tunes keep the loss of the pretraining.
     Returns {"loss": mean training loss of the last epoch, "val_loss": ..., "steps": n}.
     """
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")
+    if level_power is None:
+        level_power = float(predictor.metadata.get("level_power", 0.0))
     if (
         windows.window_steps != predictor.window_steps
         or windows.horizon_steps != predictor.horizon_steps
