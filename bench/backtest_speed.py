@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--out", default=None, help="also write forecasts.parquet etc. here (timed)")
     ap.add_argument("--retrain-every-s", type=float, default=86400.0)
+    ap.add_argument(
+        "--checkpoint", default=None, help="a checkpoint file to test (default: the shipped one)"
+    )
     args = ap.parse_args(argv)
 
     t0 = time.perf_counter()
@@ -51,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     ids = None if args.all_vms else [str(i) for i in range(5, 501, 5)][: args.series]
     series = load_trace(args.trace, "bitbrains", ids=ids, limit=args.series)
     t_load = time.perf_counter() - t0
-    predictor = Predictor.builtin()
+    predictor = Predictor.load(args.checkpoint) if args.checkpoint else Predictor.builtin()
+    predictor_version = predictor.version  # before the daily retraining changes it
     cfg = BacktestConfig(lead_s=900.0, retrain_every_s=args.retrain_every_s or None)
 
     t1 = time.perf_counter()
@@ -100,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         f"workload: {n} Bitbrains series x {days:.1f} days x 4 resources, lead 900 s, step 300 s, "
         f"retraining every {args.retrain_every_s / 3600:g} h; {int(result.emitted().sum())} forecast rows"
     )
+    print(f"model: {args.checkpoint or 'shipped'} (version {predictor_version})")
     print(
         f"stages (s): load {t_load:.1f}, "
         + ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items())
