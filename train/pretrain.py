@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--level-power",
         type=float,
-        default=0.0,
+        default=1.0,
         help="weight each window's loss by (window mean / batch mean) ** p (0 = off; "
         "prae.model.training.level_weights)",
     )
