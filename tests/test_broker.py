@@ -296,3 +296,13 @@ def test_growing_while_a_replacement_waits_adds_to_what_stays():
     broker.apply([req("a", 1.5)], now=4.0)
     assert [g.removed for g in backend.groups] == [True, False, False]
     assert broker.ready_amount("a") == (1.5, 0.0)
+
+
+def test_workloads_with_a_task_unit_are_never_replaced():
+    """Their tasks are scheduled into their groups by name: a task sent to a group just
+    removed would hang in Ray (ray#18572), so only whole unused groups are removed."""
+    backend = FakePlacementBackend(capacity=8)
+    broker = ReservationBroker(backend, None, "p-")
+    broker.apply([replace(req("a", 2), bundle_cpu=2.0)], now=1.0)
+    broker.apply([replace(req("a", 0.5), bundle_cpu=2.0)], now=2.0)
+    assert len(backend.groups) == 1 and not backend.groups[0].removed

@@ -13,7 +13,9 @@ kills what runs in it), and every bundle keeps its node: make-before-break by de
 Where whole slices cannot get near the target (one 1.25-core slice, 0.25 wanted: the
 demo's replayed VM held 13x what it used for its whole run), the unused ready slices are
 *replaced*: one smaller slice is asked for and they are removed once it is ready, so the
-workload holds at least the target throughout.
+workload holds at least the target throughout. Only for workloads without a task unit
+(plain processes): one whose tasks are scheduled into its groups by name could lose a
+task to the removal (see ``_shrink``).
 Bundles are the workload's unit (``bundle_cpu``), so a 6-core reservation of 1-core tasks
 is six bundles that spread over 2-core nodes.
 
@@ -316,7 +318,12 @@ class ReservationBroker:
             removed = True
         if removed:
             self.resizes.setdefault(workload, []).append((now, "shrink"))
-        if left_cpu > cpu * (1 + REPLACE_ABOVE) + EPS or left_mem > mem * (1 + REPLACE_ABOVE) + EPS:
+        # Not for a workload with a task unit: it schedules tasks into its groups by name
+        # (ReservationPlacer), and a task submitted to a group just removed is left
+        # infeasible by Ray forever (ray#18572): the e2e demo's staged job hung on one.
+        # Whole-slice removal (above) keeps that race to groups left unused for a shrink.
+        over = left_cpu > cpu * (1 + REPLACE_ABOVE) + EPS or left_mem > mem * (1 + REPLACE_ABOVE) + EPS
+        if over and req.bundle_cpu <= 0:
             self._queue_replacement(req, now, queued)
 
     def _queue_replacement(self, req: ResourceRequest, now: float, queued: Reservation | None) -> None:
