@@ -300,7 +300,6 @@ class ReservationBroker:
         left still covers (cpu, mem) and the slice is not in use; then, if what is left
         is still well above the target, replace the unused ready slices by one smaller."""
         workload, cpu, mem = req.workload, req.cpu, req.mem
-        in_use = getattr(self.backend, "in_use", None)
         live = self.slices.get(workload, [])
         if any(r.replaces for r in live):
             return  # a replacement is waiting in Ray: shrink again once it is done
@@ -310,7 +309,7 @@ class ReservationBroker:
         for res in order:
             if left_cpu - res.cpu < cpu - EPS or left_mem - res.mem < mem - EPS:
                 continue
-            if res.state == "ready" and in_use is not None and in_use(res.handle):
+            if self._busy(res):
                 continue
             self._remove(res, now)
             live.remove(res)
@@ -331,8 +330,7 @@ class ReservationBroker:
         target, replacing the unused ready ones; one replacement at a time per workload
         (a queued one is kept as it is while the target stays the same)."""
         live = self.slices.get(req.workload, [])
-        in_use = getattr(self.backend, "in_use", None)
-        old = [r for r in live if r.state == "ready" and not (in_use is not None and in_use(r.handle))]
+        old = [r for r in live if r.state == "ready" and not self._busy(r)]
         k_cpu, k_mem = _total([r for r in live if r not in old])
         d_cpu, d_mem = max(0.0, req.cpu - k_cpu), max(0.0, req.mem - k_mem)
         o_cpu, o_mem = _total(old)
@@ -343,6 +341,12 @@ class ReservationBroker:
             self.queue[req.workload] = queued
             return
         self.queue[req.workload] = self._slice(req, d_cpu, d_mem, now, replaces=names)
+
+    def _busy(self, res: Reservation) -> bool:
+        """A ready slice something runs in (the backend's optional ``in_use``): never
+        removed to shrink, replace or pre-empt, since removing a group kills what runs in it."""
+        in_use = getattr(self.backend, "in_use", None)
+        return res.state == "ready" and in_use is not None and bool(in_use(res.handle))
 
     def _slice(
         self, req: ResourceRequest, cpu: float, mem: float, now: float, **extra: Any
@@ -402,13 +406,12 @@ class ReservationBroker:
         need = sum(r.cpu for r in waiting)
         if need <= EPS:
             return
-        in_use = getattr(self.backend, "in_use", None)
         for workload in reversed(demoted):
             live = self.slices.get(workload, [])
             for res in sorted(live, key=lambda r: -(r.created_at or 0.0)):  # newest first
                 if need <= EPS:
                     return
-                if res.state != "ready" or (in_use is not None and in_use(res.handle)):
+                if res.state != "ready" or self._busy(res):
                     continue
                 res.preempted_by = waiting[0].workload
                 self._remove(res, now)
@@ -429,10 +432,9 @@ class ReservationBroker:
     def _finish_replacement(self, workload: str, new: Reservation, now: float) -> None:
         """The smaller slice is ready: remove the slices it replaces, except any that
         something started to use meanwhile (a later shrink may take those)."""
-        in_use = getattr(self.backend, "in_use", None)
         live = self.slices[workload]
         for res in [r for r in live if r.name in new.replaces]:
-            if res.state == "ready" and in_use is not None and in_use(res.handle):
+            if self._busy(res):
                 continue
             self._remove(res, now)
             live.remove(res)
