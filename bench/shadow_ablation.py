@@ -52,7 +52,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from prae.config import ShadowSpec, WorkloadSpec  # noqa: E402
-from prae.model.combination import MedianSelector, shadow_change  # noqa: E402
+from prae.model.combination import MedianSelector, point_candidates  # noqa: E402
 from prae.telemetry.alignment import align_shadow_by_progress  # noqa: E402
 from prae.workloads.curve import SAMPLE_INTERVAL_ENV  # noqa: E402
 from prae.workloads.process import WorkloadProcess  # noqa: E402
@@ -250,15 +250,14 @@ def chosen_points(
     this run's forecasts resolved so far (steps are consecutive: the forecast issued at
     ``steps[i - k]`` for horizon k resolves at ``steps[i]``)."""
     y = np.array(run.live, dtype=float)
-    last = y[steps]  # (N, R)
-    n_c = 3 if with_shadow else 2
-    cand = np.empty(q50.shape + (n_c,))
-    cand[..., 0] = q50
-    cand[..., 1] = last[:, None, :]
+    last = np.broadcast_to(y[steps][:, None, :], q50.shape)  # (N, H, R)
     if with_shadow:
-        now = aligned_shadow(run, 0)[steps]
-        for k in range(1, h + 1):
-            cand[:, k - 1, :, 2] = shadow_change(last, now, aligned_shadow(run, k)[steps])
+        now = aligned_shadow(run, 0)[steps][:, None, :]
+        ahead = np.stack([aligned_shadow(run, k)[steps] for k in range(1, h + 1)], axis=1)
+        cand = point_candidates(q50, last, np.broadcast_to(now, q50.shape), ahead)
+    else:
+        cand = point_candidates(q50, last)
+    n_c = cand.shape[-1]
     out = np.empty(q50.shape)
     one = np.zeros(1, np.int64)
     for k in range(1, h + 1):

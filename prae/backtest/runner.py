@@ -28,7 +28,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from prae.backtest.baselines import all_baselines, last_value
 from prae.model.calibration import CalibrationBank
-from prae.model.combination import MedianSelector, with_median
+from prae.model.combination import MedianSelector, point_candidates, with_median
 from prae.model.predictor import Predictor
 from prae.model.training import TrainingWindows, concat_windows, fit, windows_from_series
 from prae.policy.violation_budget import PooledBudget, allocate_quantiles
@@ -234,7 +234,7 @@ def choose_median(grid: Grid, raw: np.ndarray, cfg: BacktestConfig, lead: int) -
     forecasts issued at t."""
     i50 = QUANTILES.index(0.5)
     s_n, t_n, r_n = raw.shape[:3]
-    cand = np.stack([raw[..., i50].astype(np.float64), last_value(grid.y)], axis=-1)
+    cand = point_candidates(raw[..., i50], last_value(grid.y))
     if cfg.median_half_life is None:
         return cand[..., 0]
     sel = MedianSelector(s_n, r_n, half_life=cfg.median_half_life)

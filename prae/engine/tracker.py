@@ -16,7 +16,7 @@ import numpy as np
 
 from prae.config import WorkloadSpec
 from prae.model.calibration import ConformalCalibrator
-from prae.model.combination import CANDIDATES, MedianSelector, shadow_change, with_median
+from prae.model.combination import CANDIDATES, MedianSelector, point_candidates, with_median
 from prae.resources import QUANTILE_COLUMNS, QUANTILES, RESOURCES
 from prae.telemetry.alignment import align_shadow_by_progress
 from prae.telemetry.sample import TelemetrySample
@@ -152,9 +152,7 @@ class WorkloadTracker:
         now, ahead = nan, nan
         if len(self.live):
             now, ahead = self.aligned_shadow(0)[-1], self.aligned_shadow(lead_steps)[-1]
-        cand = np.stack(
-            [np.asarray(raw, dtype=float)[:, i50], last, shadow_change(last, now, ahead)], axis=-1
-        )
+        cand = point_candidates(np.asarray(raw, dtype=float)[:, i50], last, now, ahead)
         chosen = self.median_choice.select(np.zeros(1, np.int64), cand[None])[0]
         return with_median(calibrated, chosen), cand
 

@@ -77,6 +77,20 @@ def shadow_change(last: np.ndarray, shadow_now: np.ndarray, shadow_ahead: np.nda
 MIN_OUTCOMES = 20
 
 
+def point_candidates(
+    model_median: np.ndarray,
+    last: np.ndarray,
+    shadow_now: np.ndarray | None = None,
+    shadow_ahead: np.ndarray | None = None,
+) -> np.ndarray:
+    """The candidates in ``CANDIDATES`` order, stacked on a new last axis: (..., 2)
+    without a shadow, (..., 3) with one (``shadow_change`` of ``last``). Equal shapes in."""
+    cols = [np.asarray(model_median, dtype=np.float64), np.asarray(last, dtype=np.float64)]
+    if shadow_now is not None and shadow_ahead is not None:
+        cols.append(shadow_change(cols[1], shadow_now, shadow_ahead))
+    return np.stack(np.broadcast_arrays(*cols), axis=-1)
+
+
 class MedianSelector:
     """Decayed mean absolute error of each candidate per (series, resource).
 
