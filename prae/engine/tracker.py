@@ -95,6 +95,7 @@ class WorkloadTracker:
             1, len(RESOURCES), half_life=median_half_life, n_candidates=len(CANDIDATES)
         )
         self.released = False
+        self._aligned: dict[tuple[int, int, int], np.ndarray] = {}  # see aligned_shadow
 
     @property
     def name(self) -> str:
@@ -128,12 +129,21 @@ class WorkloadTracker:
 
     def aligned_shadow(self, lead_steps: int) -> np.ndarray:
         """(T, R) for the live history: what the shadow did at the progress the live run
-        should reach ``lead_steps`` after each step; all NaN without a shadow."""
-        if not len(self.shadow) or self.spec.shadow.mode == "none":
-            return np.full((len(self.live), len(RESOURCES)), np.nan)
-        lp = np.fromiter(self.live.progress, dtype=float)
-        sp = np.fromiter(self.shadow.progress, dtype=float)
-        return align_shadow_by_progress(lp, sp, self.shadow.array(), lead_steps)
+        should reach ``lead_steps`` after each step; all NaN without a shadow. Kept until
+        a new sample arrives: a tick asks for the model window's lead and, for the point
+        forecast, for the same lead again and for lead 0."""
+        key = (self.live.total, self.shadow.total, lead_steps)
+        if key not in self._aligned:
+            if len(self._aligned) >= 4 or any(k[:2] != key[:2] for k in self._aligned):
+                self._aligned.clear()
+            if not len(self.shadow) or self.spec.shadow.mode == "none":
+                out = np.full((len(self.live), len(RESOURCES)), np.nan)
+            else:
+                lp = np.fromiter(self.live.progress, dtype=float)
+                sp = np.fromiter(self.shadow.progress, dtype=float)
+                out = align_shadow_by_progress(lp, sp, self.shadow.array(), lead_steps)
+            self._aligned[key] = out
+        return self._aligned[key]
 
     # ------------------------------------------------------------------ forecasts
 
