@@ -185,3 +185,39 @@ def test_placer_from_env(monkeypatch):
     monkeypatch.setenv("PRAE_WORKLOAD", "etl")
     placer = ReservationPlacer.from_env()
     assert placer is not None and (placer.prefix, placer.workload) == (PREFIX, "etl")
+
+
+def test_a_task_stranded_in_a_removed_group_is_cancelled_and_resubmitted():
+    """A task sent to a group that goes before the task starts waits in Ray for ever
+    (ray#18572); ``recover`` cancels it and submits it again."""
+    broker = ReservationBroker(RayPlacementBackend(), None, PREFIX)
+    broker.apply([req("strand", 64)], now=1.0)  # more than this 8-CPU cluster: stays pending
+    placer = ReservationPlacer(PREFIX, "strand", refresh_s=0.0)
+    ref = placer.submit(where, num_cpus=1)  # into the pending group: the reservation is on its way
+    assert (placer.placed, placer.overflow) == (1, 0)
+    assert placer.recover(grace_s=0.0) == []  # its group is still there: nothing to do
+    broker.release_all(now=2.0)  # e.g. the forecast fell before the group was placed
+    done, _ = ray.wait([ref], timeout=3.0)
+    assert not done  # stranded: a ray.get on it would never return
+
+    assert placer.recover(grace_s=60.0) == []  # the group went just now: within the grace
+    swapped = placer.recover(grace_s=0.0)
+    assert [old for old, _ in swapped] == [ref]
+    new = swapped[0][1]
+    assert ray.get(new, timeout=60) is None  # ran, outside any group (none is left)
+    assert (placer.placed, placer.overflow, placer.recovered) == (0, 1, 1)
+    with pytest.raises(ray.exceptions.TaskCancelledError):
+        ray.get(ref, timeout=30)  # the stranded one is gone from Ray's queue
+    assert placer.recover(grace_s=0.0) == []
+
+
+def test_a_finished_task_is_not_resubmitted_when_its_group_goes():
+    broker = ReservationBroker(RayPlacementBackend(), None, PREFIX)
+    wait_ready(broker, "done", 1, now=1.0)
+    placer = ReservationPlacer(PREFIX, "done", refresh_s=0.0)
+    ref = placer.submit(where, num_cpus=1)
+    assert ray.get(ref, timeout=60) is not None  # ran in the group
+    broker.release_all(now=2.0)
+    time.sleep(0.5)
+    assert placer.recover(grace_s=0.0) == []
+    assert placer.recovered == 0

@@ -474,6 +474,41 @@ def test_tasks_shadow_plays_the_stage_plan_first(tmp_path) -> None:
     assert "stage0" in phases and "stage1" in phases
 
 
+def test_tasks_stage_waits_on_the_resubmitted_ref_of_a_stranded_task() -> None:
+    """Without Ray: a task the placer resubmits (its group went before it started) is
+    waited on under its new ref; the stranded ref is never waited on again."""
+    from prae.workloads.tasks import Stage, _run_stage
+
+    class FakeRay:
+        """Refs finish one wait after they are submitted, except the stranded one (never)."""
+
+        def __init__(self) -> None:
+            self.submitted: list[str] = []
+            self.waited: list[list[str]] = []
+
+        def wait(self, refs, num_returns=1, timeout=None):
+            self.waited.append(list(refs))
+            assert len(self.waited) < 50, "waiting for ever on a stranded task"
+            ready = [r for r in refs if r != "t0"][:num_returns]
+            return ready, [r for r in refs if r not in ready]
+
+        def get(self, ref):
+            return 0.0
+
+    fake = FakeRay()
+
+    def submit(seconds: float) -> str:
+        fake.submitted.append(f"t{len(fake.submitted)}")
+        return fake.submitted[-1]
+
+    swaps = [[("t0", "again")]]
+    done: list[float] = []
+    waits = _run_stage(fake, submit, Stage(2, 2.0), 1.0, done.append, lambda: swaps.pop() if swaps else [])
+    assert sum(done) == 4.0  # both lanes' work, the stranded task's second submission included
+    assert len(waits) == 4
+    assert all("t0" not in w for w in fake.waited[1:])
+
+
 def test_timeline_shadow_is_resolved_by_its_samples_and_costs_its_fraction(tmp_path) -> None:
     """A 5 % shadow of 1-s steps sampled every 0.2 s: 0.4-s steps at 1/8 of the amplitude,
     not 0.05-s steps (8 to a sample, averaged away) at full amplitude; the cost is 5 % either way."""

@@ -320,7 +320,9 @@ class ReservationBroker:
         # Not for a workload with a task unit: it schedules tasks into its groups by name
         # (ReservationPlacer), and a task submitted to a group just removed is left
         # infeasible by Ray forever (ray#18572): the e2e demo's staged job hung on one.
-        # Whole-slice removal (above) keeps that race to groups left unused for a shrink.
+        # Whole-slice removal (above) keeps that race to groups left unused for a shrink,
+        # and ReservationPlacer.recover resubmits what it strands; replacing would strand
+        # tasks at every shrink, each losing recover's grace.
         over = left_cpu > cpu * (1 + REPLACE_ABOVE) + EPS or left_mem > mem * (1 + REPLACE_ABOVE) + EPS
         if over and req.bundle_cpu <= 0:
             self._queue_replacement(req, now, queued)

@@ -20,10 +20,29 @@ reactive path. The next planning tick grows the reservation (reason
 Accounting is on the caller's side: the placer knows each bundle's size and what it put
 there (finished tasks are pruned with ``ray.wait``); Ray's own available-resource view
 lags by its report interval and would over-fill a bundle under a burst of submissions.
+
+Stranded tasks: a task sent to a group that is removed before the task starts (the
+broker shrank the reservation between the placer's last look and the submission, or
+removed a group still pending) is left infeasible by Ray for ever (ray#18572), and a
+``ray.get`` on it hangs. The broker never removes a group something runs in, but it
+cannot see a task that is only on its way. So a caller that waits on its tasks calls
+:meth:`ReservationPlacer.recover` while it waits: a task whose group has been gone for
+``grace_s`` without the task finishing is cancelled and submitted again (into another
+bundle, or outside), and the caller swaps the new ref in::
+
+    ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
+    for old, new in placer.recover():
+        running[new] = running.pop(old)
+
+Only tasks are resubmitted (an actor keeps its handle; it is never stranded by a shrink
+because its creation takes the bundle at once). A task that *was* running when its group
+went was killed by Ray and fails on its own within the grace; the broker never removes
+a group in use, so that needs a race on top of a race.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
@@ -84,6 +103,7 @@ class _Slot:
     cpu: float
     mem: float
     refs: list[Any] = field(default_factory=list)  # (ObjectRef, cpu, mem) or (actor, cpu, mem)
+    gone_at: float | None = None  # when a refresh no longer found the group
 
     def used(self) -> tuple[float, float]:
         return (sum(c for _, c, _ in self.refs), sum(m for _, _, m in self.refs))
@@ -91,6 +111,17 @@ class _Slot:
     def fits(self, cpu: float, mem: float) -> bool:
         u_cpu, u_mem = self.used()
         return u_cpu + cpu <= self.cpu + EPS and u_mem + mem <= self.mem + EPS
+
+
+@dataclass(frozen=True)
+class _Call:
+    """How a task was submitted, to submit it again if it is stranded."""
+
+    fn: Any
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    cpu: float
+    mem: float
 
 
 class ReservationPlacer:
@@ -104,9 +135,12 @@ class ReservationPlacer:
         self.use_pending = use_pending
         self.clock = clock
         self._slots: dict[tuple[str, int], _Slot] = {}
+        self._gone: list[_Slot] = []  # slots whose group went while tasks were placed there
+        self._calls: dict[Any, _Call] = {}  # unfinished task ref -> how it was submitted
         self._refreshed_at = -float("inf")
         self.placed = 0  # how many went into the reservation
         self.overflow = 0  # how many went to the cluster at large (reactive path)
+        self.recovered = 0  # stranded tasks cancelled and submitted again
 
     @classmethod
     def from_env(cls, **kwargs: Any) -> ReservationPlacer | None:
@@ -125,16 +159,49 @@ class ReservationPlacer:
         for pg, bundles in reservation_groups(self.prefix, self.workload, self.use_pending):
             for i, b in enumerate(bundles):
                 key = (pg.id.hex(), i)  # ready groups come first: they are filled first
-                self._slots[key] = old.get(key) or _Slot(pg, i, float(b.get("CPU", 0.0)), float(b.get("memory", 0.0)))
+                self._slots[key] = old.pop(key, None) or _Slot(
+                    pg, i, float(b.get("CPU", 0.0)), float(b.get("memory", 0.0))
+                )
+        for slot in old.values():  # the group is gone: its unfinished tasks may be stranded
+            if any(isinstance(r, ray.ObjectRef) for r, _, _ in slot.refs):
+                slot.gone_at = now
+                self._gone.append(slot)
 
     def _prune(self) -> None:
-        refs = [r for s in self._slots.values() for r, _, _ in s.refs if isinstance(r, ray.ObjectRef)]
+        slots = [*self._slots.values(), *self._gone]
+        refs = [r for s in slots for r, _, _ in s.refs if isinstance(r, ray.ObjectRef)]
         if not refs:
             return
         done, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
         finished = set(done)
-        for s in self._slots.values():
+        for s in slots:
             s.refs = [x for x in s.refs if not (isinstance(x[0], ray.ObjectRef) and x[0] in finished)]
+        for ref in finished:
+            self._calls.pop(ref, None)
+        self._gone = [s for s in self._gone if s.refs]
+
+    def recover(self, grace_s: float = 2.0) -> list[tuple[Any, Any]]:
+        """Cancel and resubmit the tasks stranded in groups that were removed before they
+        started (see the module's docstring). Returns ``[(old_ref, new_ref), ...]``: the
+        caller waits on the new refs instead. Cheap when nothing is stranded (one
+        placement-group table read per ``refresh_s``, one non-blocking ``ray.wait``)."""
+        self.refresh()
+        self._prune()
+        now = self.clock()
+        swapped = []
+        for slot in [s for s in self._gone if s.gone_at is not None and now - s.gone_at >= grace_s]:
+            self._gone.remove(slot)
+            for ref, _, _ in slot.refs:
+                call = self._calls.pop(ref, None)
+                if call is None:
+                    continue  # an actor: it holds its handle, nothing to resubmit
+                with contextlib.suppress(Exception):
+                    ray.cancel(ref)  # infeasible for ever otherwise: leave no demand behind
+                self.placed -= 1  # counted again where the new one goes
+                self.recovered += 1
+                new = self.submit(call.fn, *call.args, num_cpus=call.cpu, memory=call.mem, **call.kwargs)
+                swapped.append((ref, new))
+        return swapped
 
     def options(self, num_cpus: float = 1.0, memory: float = 0.0) -> tuple[dict[str, Any], _Slot | None]:
         """``.options(...)`` keywords for one task/actor of this size, and the bundle it
@@ -155,6 +222,8 @@ class ReservationPlacer:
         opts, slot = self.options(num_cpus, memory)
         ref = fn.options(**opts).remote(*args, **kwargs)
         self._account(slot, ref, num_cpus, memory)
+        if slot is not None:
+            self._calls[ref] = _Call(fn, args, kwargs, num_cpus, memory)
         return ref
 
     def create_actor(self, cls: Any, *args: Any, num_cpus: float = 1.0, memory: float = 0.0, **kwargs: Any) -> Any:

@@ -122,9 +122,12 @@ def _run_live(ctx: WorkloadContext, stages: tuple[Stage, ...]) -> dict[str, Any]
     done = [0.0]  # task-seconds finished
     waits: list[float] = []
     started = time.perf_counter()
+    recover = placer.recover if placer is not None else list
     try:
         for k, st in enumerate(stages):
-            waits += _run_stage(ray, submit, st, task_s, lambda s, ph=f"stage{k}": _progress(ctx, done, s, total, ph))
+            waits += _run_stage(
+                ray, submit, st, task_s, lambda s, ph=f"stage{k}": _progress(ctx, done, s, total, ph), recover
+            )
         ctx.report_progress(1.0, f"stage{len(stages) - 1}")
     finally:
         ray.shutdown()
@@ -134,6 +137,7 @@ def _run_live(ctx: WorkloadContext, stages: tuple[Stage, ...]) -> dict[str, Any]
         "seconds": time.perf_counter() - started,
         "in_reservation": placer.placed if placer else 0,
         "outside_reservation": placer.overflow if placer else len(waits),
+        "recovered": placer.recovered if placer else 0,
         "wait_s_total": float(sum(waits)),
         "wait_s_max": float(max(waits, default=0.0)),
     }
@@ -145,12 +149,19 @@ def _progress(ctx: WorkloadContext, done: list[float], seconds: float, total: fl
 
 
 def _run_stage(
-    ray: Any, submit: Callable[[float], Any], stage: Stage, task_s: float, finished: Callable[[float], None]
+    ray: Any,
+    submit: Callable[[float], Any],
+    stage: Stage,
+    task_s: float,
+    finished: Callable[[float], None],
+    recover: Callable[[], list[tuple[Any, Any]]] = list,
 ) -> list[float]:
     """All lanes of one stage to the end; returns each task's wait (submission to start).
 
     ``submit(seconds)`` starts one task and returns its ref; ``finished(seconds)`` is told
-    each task's work as it completes (progress)."""
+    each task's work as it completes (progress); ``recover()`` gives ``(old, new)`` refs
+    of tasks stranded in a removed group and submitted again
+    (:meth:`ReservationPlacer.recover`)."""
     left = {lane: stage.seconds for lane in range(stage.lanes)}  # work still to submit per lane
     running: dict[Any, tuple[int, float, float]] = {}  # ref -> (lane, seconds, submitted at)
     waits: list[float] = []
@@ -164,7 +175,9 @@ def _run_stage(
     for lane in left:
         next_task(lane)
     while running:
-        ready, _ = ray.wait(list(running), num_returns=1)
+        ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
+        for old, new in recover():  # its wait counts from the first submission
+            running[new] = running.pop(old)
         for ref in ready:
             lane, seconds, submitted = running.pop(ref)
             waits.append(max(0.0, ray.get(ref) - submitted))
