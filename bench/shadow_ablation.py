@@ -15,8 +15,9 @@
    runs, then the reverse (2 folds).
 4. The point forecast, as the engine makes it (``chosen_points``): per horizon, the
    model's median, the last value or -- in the "with" arm -- ``shadow_change`` (the last
-   value moved as the aligned shadow moved), whichever has had the smallest error on this
-   run so far (``MedianSelector``). The model's own medians are reported too.
+   value moved as the aligned shadow moved) or ``shadow_level`` (the aligned shadow in
+   live units), whichever has had the smallest error on this run so far
+   (``MedianSelector``). The model's own medians are reported too.
 5. Score the point forecast at every horizon 1..H of every test step:
    error = |forecast - actual| / (the run's mean of that resource), averaged over the
    resources the workload uses (mean above ``USED_FLOOR``). ``err_all_*`` averages all forecasts;
@@ -52,7 +53,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from prae.config import ShadowSpec, WorkloadSpec  # noqa: E402
-from prae.model.combination import MedianSelector, point_candidates  # noqa: E402
+from prae.model.combination import MedianSelector, level_ratio, point_candidates  # noqa: E402
 from prae.telemetry.alignment import align_shadow_by_progress  # noqa: E402
 from prae.workloads.curve import SAMPLE_INTERVAL_ENV  # noqa: E402
 from prae.workloads.process import WorkloadProcess  # noqa: E402
@@ -246,15 +247,17 @@ def chosen_points(
     q50: np.ndarray, run: Run, steps: list[int], h: int, with_shadow: bool, half_life: float
 ) -> np.ndarray:
     """The engine's point forecast (N, H, R): per horizon, ``MedianSelector`` picks the
-    model's median, the last value or (with a shadow) ``shadow_change``, by the errors of
+    model's median, the last value or (with a shadow) ``shadow_change`` or ``shadow_level``, by the errors of
     this run's forecasts resolved so far (steps are consecutive: the forecast issued at
     ``steps[i - k]`` for horizon k resolves at ``steps[i]``)."""
     y = np.array(run.live, dtype=float)
     last = np.broadcast_to(y[steps][:, None, :], q50.shape)  # (N, H, R)
     if with_shadow:
-        now = aligned_shadow(run, 0)[steps][:, None, :]
+        now_all = aligned_shadow(run, 0)
+        now = now_all[steps][:, None, :]
         ahead = np.stack([aligned_shadow(run, k)[steps] for k in range(1, h + 1)], axis=1)
-        cand = point_candidates(q50, last, np.broadcast_to(now, q50.shape), ahead)
+        ratio = np.stack([level_ratio(y[: t + 1], now_all[: t + 1]) for t in steps])[:, None, :]
+        cand = point_candidates(q50, last, np.broadcast_to(now, q50.shape), ahead, ratio)
     else:
         cand = point_candidates(q50, last)
     n_c = cand.shape[-1]

@@ -10,7 +10,7 @@ from prae.config import parse_config
 from prae.engine.broker import ReservationBroker
 from prae.engine.loop import EngineLoop, ForecastBatch, Polled
 from prae.engine.tracker import RoleStatus
-from prae.resources import QUANTILES
+from prae.resources import QUANTILES, RESOURCES
 from prae.store.feedback import FeedbackStore
 from prae.telemetry.sample import TelemetrySample
 from tests.fakes import FakeClock, FakePlacementBackend
@@ -290,3 +290,34 @@ def test_tracker_follows_a_shadow_that_foreshadows_the_live_run():
             hits += bool(np.isclose(cal[0, i50], future))
     assert steps_before_change >= 4
     assert hits == steps_before_change
+
+
+def test_tracker_forecasts_a_burst_from_nothing_with_the_shadow_level():
+    """Disk writes in bursts (a checkpoint every 0.2 of progress) and nothing between: the
+    shadow's relative change is undefined from 0, but the shadow ahead in live units (here
+    1/20 of the bytes per unit of progress) forecasts every later burst before it comes."""
+    from prae.config import ShadowSpec, WorkloadSpec
+    from prae.engine.tracker import PendingForecast, WorkloadTracker
+
+    def burst(p: float) -> float:
+        return 2.0 if round(p * 100) % 20 in (0, 1) and p > 0 else 0.0
+
+    spec = WorkloadSpec(name="w", kind="train", shadow=ShadowSpec(mode="sample", fraction=0.05))
+    tr = WorkloadTracker(spec, interval_s=1.0, median_half_life=20)
+    for i in range(101):
+        p = i / 100
+        tr.shadow.extend([TelemetrySample(ts=0.01 * i, cpu=1.0, mem=1.0, disk=burst(p) / 20, net=1.0, progress=p)])
+    i50, disk = QUANTILES.index(0.5), RESOURCES.index("disk")
+    raw = np.array([[0.1, 1.0, 9.0, 9.5, 10.0]] * 4)  # the model: 1.0 whatever comes
+    lead, hits, bursts_ahead = 2, 0, 0
+    for t in range(90):
+        p = t / 100
+        tr.live.extend([TelemetrySample(ts=1.0 + t, cpu=1.0, mem=1.0, disk=burst(p), net=1.0, progress=p)])
+        tr.resolve({})
+        cal, cand = tr.point_forecast(raw, raw.copy(), lead)
+        tr.add_forecast(PendingForecast(1.0 + t, 1.0 + t + lead, cal, raw, "model", "v", True, cand))
+        if t >= 45 and burst((t + lead) / 100) > 0 and burst(p) == 0:
+            bursts_ahead += 1
+            hits += bool(np.isclose(cal[disk, i50], 2.0))
+    assert bursts_ahead >= 4
+    assert hits == bursts_ahead

@@ -245,7 +245,22 @@ def test_median_selector_takes_the_shadow_candidate_only_where_it_wins() -> None
     with pytest.raises(ValueError, match="expected 3 candidates"):
         sel.update(np.arange(2), issued[..., :2], np.array([[5.0], [2.0]]))
     with pytest.raises(ValueError, match="n_candidates"):
-        MedianSelector(1, 1, n_candidates=4)
+        MedianSelector(1, 1, n_candidates=5)
+
+
+def test_shadow_level_worked_numbers() -> None:
+    """The shadow ahead in live units: a 5 % shadow that reads 1/20 of the bytes per unit
+    of progress says the live run will read 20x what it reads at the target's progress."""
+    from prae.model.combination import level_ratio, point_candidates
+
+    live = np.array([[2.0, 1.0], [4.0, np.nan], [6.0, 3.0]])
+    now = np.array([[0.1, 0.0], [0.2, 5.0], [np.nan, 0.0]])  # the shadow at each step's progress
+    ratio = level_ratio(live, now)
+    np.testing.assert_allclose(ratio, [20.0, np.nan])  # row 2 unknown for cpu; mem's shadow sums to 0
+    cand = point_candidates(np.array([5.0, 5.0]), live[-1], now[-1], np.array([0.3, 1.0]), ratio)
+    assert cand.shape == (2, 4)
+    np.testing.assert_allclose(cand[:, 3], [6.0, np.nan])
+    assert point_candidates(np.array([5.0]), np.array([4.0])).shape == (1, 2)  # no shadow
 
 
 def test_with_median_keeps_every_other_level() -> None:

@@ -16,7 +16,13 @@ import numpy as np
 
 from prae.config import WorkloadSpec
 from prae.model.calibration import ConformalCalibrator
-from prae.model.combination import CANDIDATES, MedianSelector, point_candidates, with_median
+from prae.model.combination import (
+    CANDIDATES,
+    MedianSelector,
+    level_ratio,
+    point_candidates,
+    with_median,
+)
 from prae.resources import QUANTILE_COLUMNS, QUANTILES, RESOURCES
 from prae.telemetry.alignment import align_shadow_by_progress
 from prae.telemetry.sample import TelemetrySample
@@ -89,8 +95,8 @@ class WorkloadTracker:
         self.calibrator = ConformalCalibrator(QUANTILES, window=calibration_window)
         # The same per-workload choice of the point forecast as the backtest's
         # (prae.backtest.runner.choose_median): the model's median or the last value, and
-        # here also the last value moved as the shadow moved (NaN without a shadow, which
-        # then scores as the model's median and never wins).
+        # here also the last value moved as the shadow moved and the shadow ahead in live
+        # units (NaN without a shadow, which then scores as the model's median and never wins).
         self.median_choice = MedianSelector(
             1, len(RESOURCES), half_life=median_half_life, n_candidates=len(CANDIDATES)
         )
@@ -159,10 +165,12 @@ class WorkloadTracker:
         i50 = QUANTILES.index(0.5)
         nan = np.full(len(RESOURCES), np.nan)
         last = np.asarray(self.live.values[-1], dtype=float) if self.live.values else nan
-        now, ahead = nan, nan
+        now, ahead, ratio = nan, nan, nan
         if len(self.live):
-            now, ahead = self.aligned_shadow(0)[-1], self.aligned_shadow(lead_steps)[-1]
-        cand = point_candidates(np.asarray(raw, dtype=float)[:, i50], last, now, ahead)
+            now_all = self.aligned_shadow(0)
+            now, ahead = now_all[-1], self.aligned_shadow(lead_steps)[-1]
+            ratio = level_ratio(self.live.array(), now_all)
+        cand = point_candidates(np.asarray(raw, dtype=float)[:, i50], last, now, ahead, ratio)
         chosen = self.median_choice.select(np.zeros(1, np.int64), cand[None])[0]
         return with_median(calibrated, chosen), cand
 
