@@ -21,6 +21,10 @@ from prae.resources import QUANTILES
 
 WorkloadKind = Literal["python", "command", "etl", "train", "replay", "service", "tasks"]
 ShadowMode = Literal["sample", "mirror", "simulate", "none"]
+# What a 'simulate' shadow of a kind without a timeline plays: the profile's phases, or
+# the workload's previous complete live run from the feedback store.
+SimulateSource = Literal["profile", "history"]
+SIMULATE_SOURCES: tuple[str, ...] = ("profile", "history")
 BUILTIN_KINDS: tuple[str, ...] = ("etl", "train", "replay", "service", "tasks")
 # Kinds whose workload is a timeline of its own: a 'simulate' shadow plays it faster.
 TIMELINE_KINDS: tuple[str, ...] = ("replay", "service", "tasks")
@@ -89,6 +93,7 @@ class ShadowSpec:
     # resource name (e.g. a node pool's) or, when None, their own placement-group bundle.
     custom_resource: str | None = None
     timeout_s: float | None = None  # a shadow running longer is stopped; the live run goes on
+    source: SimulateSource = "profile"  # mode 'simulate' only (see prae.workloads.history)
 
 
 @dataclass(frozen=True)
@@ -385,7 +390,14 @@ def _shadow(r: _Reader, kind: str) -> ShadowSpec:
         resources=_resources(r.child("resources"), 0.5),
         custom_resource=r.string("custom_resource"),
         timeout_s=r.number("timeout_s", None, minimum=0, exclusive_min=True),
+        source=r.choice("source", SIMULATE_SOURCES, "profile"),  # type: ignore[arg-type]
     )
+    if spec.source == "history" and mode != "simulate":
+        raise r.error(
+            f"'source: history' is what a 'simulate' shadow plays, but the mode is '{mode}'",
+            "set 'mode: simulate', or remove 'source'",
+            "source",
+        )
     r.finish()
     return spec
 

@@ -151,3 +151,46 @@ def test_summary_counts_only_this_runs_forecasts(local_ray, tmp_path):
     assert n2 < 1.5 * n1, (n1, n2)  # not n1 + n2
     fc = ds.dataset(tmp_path / "store" / "forecasts", format="parquet", partitioning="hive").to_table()
     assert fc.num_rows // 4 >= n1 + n2  # both runs are in the store
+
+
+def test_a_history_shadow_plays_the_previous_run(local_ray, tmp_path):
+    """``shadow: {mode: simulate, source: history}``: the first run has no previous one,
+    so no shadow (and says so); the second run's shadow plays the first run's live curve."""
+    cfg = parse_config(
+        {
+            "run": {
+                "name": "ihist",
+                "interval_s": 0.5,
+                "window_steps": 16,
+                "horizon_steps": 3,
+                "store_dir": str(tmp_path / "store"),
+                "duration_s": 120,
+            },
+            "retrain": {"enabled": False},
+            "allocator": {"cpu_budget": 2},
+            "workloads": [
+                {
+                    "name": "tr",
+                    "kind": "train",
+                    "params": {"samples": 40_000, "epochs": 3, "hidden": 128},
+                    "resources": {"cpu": 1},
+                    "shadow": {"mode": "simulate", "source": "history", "fraction": 0.1, "resources": {"cpu": 0.25}},
+                }
+            ],
+        },
+        "ihist.yaml",
+    )
+    first = run(cfg)
+    assert first.workloads[0].exit_code == 0
+    assert "no complete live run of 'tr'" in (first.workloads[0].shadow_error or "")
+    tel = ds.dataset(tmp_path / "store" / "telemetry", format="parquet", partitioning="hive").to_table()
+    assert set(tel.column("role").to_pylist()) == {"live"}
+
+    second = run(cfg)
+    assert second.workloads[0].exit_code == 0
+    assert second.workloads[0].shadow_error is None, second.workloads[0].shadow_error
+    assert second.workloads[0].shadow_cost_ratio > 0
+    tel = ds.dataset(tmp_path / "store" / "telemetry", format="parquet", partitioning="hive").to_table()
+    shadow = tel.filter(ds.field("role") == "shadow")
+    assert shadow.num_rows > 5
+    assert np.nanmax(shadow.column("progress").to_numpy(zero_copy_only=False).astype(float)) > 0.9

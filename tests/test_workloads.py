@@ -424,6 +424,58 @@ def test_profile_simulation_follows_the_phases(tmp_path) -> None:
     assert cpu["crunch"] > cpu["load"]  # 0.9 vs 0.2 cores asked; a busy machine gives less
 
 
+def test_history_simulation_plays_the_previous_run(tmp_path) -> None:
+    """``source: history``: the shadow plays the previous live run, binned by progress --
+    here one that held 150 MB in its second half and wrote to disk only at its end."""
+    from prae.workloads.history import progress_profile, to_bytes
+    from prae.workloads.simulate import HISTORY_ENV
+
+    progress = np.linspace(0.0, 1.0, 40)
+    values = np.zeros((40, 4))
+    values[:, 0] = 0.5
+    values[:, 1] = np.where(progress > 0.5, 150e6, 20e6)
+    values[:, 2] = np.where(progress > 0.9, 40e6, 0.0)
+    path = tmp_path / "history.npz"
+    path.write_bytes(to_bytes(progress_profile(values, progress), duration_s=40.0))
+    s = spec("train", shadow=ShadowSpec(mode="simulate", source="history", fraction=0.1))
+    wp = WorkloadProcess(s, "shadow", tmp_path / "shadow", env={HISTORY_ENV: str(path)})
+    samples = run_to_end(wp, interval_s=0.1)
+    assert wp.exit_code() == 0, wp.error()
+    assert wp.result()["simulated"] == "history"
+    seen = [x for x in samples if not math.isnan(x.progress)]
+    early = [x for x in seen if x.progress < 0.4]
+    late = [x for x in seen if 0.6 < x.progress < 0.9]
+    assert early and late
+    assert np.median([x.mem for x in late]) > np.median([x.mem for x in early]) + 5e6  # 1/10 of 130 MB, and more
+    assert max(x.disk for x in seen if x.progress > 0.85) > 0
+
+
+def test_a_simulated_shadow_of_a_command_plays_its_profile_not_the_command(tmp_path) -> None:
+    profile = Profile(phases=(Phase("only", 1.0, cpu=0.2, mem=30 * 1024**2),))
+    s = spec(
+        "command",
+        entrypoint="sh -c 'exit 7'",
+        shadow=ShadowSpec(mode="simulate"),
+        profile=profile,
+        params={"simulate_s": 1.0},
+    )
+    wp = WorkloadProcess(s, "shadow", tmp_path)
+    run_to_end(wp, interval_s=0.1)
+    assert wp.exit_code() == 0, wp.error()
+    assert wp.result()["simulated"] == "profile"
+
+
+def test_a_history_shadow_needs_mode_simulate() -> None:
+    with pytest.raises(ConfigError, match=r"workloads\[0\]\.shadow\.source.*mode: simulate"):
+        parse_config(
+            {"workloads": [{"name": "n", "kind": "etl", "shadow": {"mode": "sample", "source": "history"}}]}
+        )
+    cfg = parse_config(
+        {"workloads": [{"name": "n", "kind": "etl", "shadow": {"mode": "simulate", "source": "history"}}]}
+    )
+    WorkloadProcess(cfg.workloads[0], "shadow", Path("/nonexistent/unused"))  # no profile needed
+
+
 def test_mirror_shadow_gets_a_fraction_of_live_requests(tmp_path) -> None:
     params = {**SMALL["service"], "steps": 8, "idle_exit_s": 5.0}
     s = spec("service", params=params, shadow=ShadowSpec(mode="mirror", fraction=0.3))

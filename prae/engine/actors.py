@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -26,7 +27,9 @@ from prae.engine.ray_backends import RayCapacityFloor, RayPlacementBackend
 from prae.policy.requests import ResourceRequest
 from prae.telemetry.sample import TelemetrySample
 from prae.workloads.curve import SAMPLE_INTERVAL_ENV
+from prae.workloads.history import plays_history
 from prae.workloads.process import WorkloadProcess
+from prae.workloads.simulate import HISTORY_ENV
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +39,21 @@ class WorkloadHost:
     """Samples one workload process every ``interval_s`` and buffers the samples."""
 
     def __init__(
-        self, spec: WorkloadSpec, role: str, workdir: str, seed: int, interval_s: float, env: dict[str, str] | None = None
+        self,
+        spec: WorkloadSpec,
+        role: str,
+        workdir: str,
+        seed: int,
+        interval_s: float,
+        env: dict[str, str] | None = None,
+        history: bytes | None = None,
     ) -> None:
+        env = dict(env or {})
+        if history is not None:  # written here: this host may be on another node than the engine
+            path = Path(workdir).parent / f"{role}-history.npz"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(history)
+            env[HISTORY_ENV] = str(path)
         self.proc = WorkloadProcess(spec, role, workdir, seed=seed, env=env)  # type: ignore[arg-type]
         self.interval_s = interval_s
         self.samples: list[TelemetrySample] = []
@@ -85,7 +101,17 @@ class WorkloadHost:
 
 @ray.remote(num_cpus=0, max_restarts=0)
 class WorkloadSupervisor:
-    def __init__(self, spec: WorkloadSpec, workdir: str, seed: int, interval_s: float, pg_prefix: str) -> None:
+    def __init__(
+        self,
+        spec: WorkloadSpec,
+        workdir: str,
+        seed: int,
+        interval_s: float,
+        pg_prefix: str,
+        history: bytes | None = None,
+    ) -> None:
+        """``history``: the previous run for a ``simulate`` shadow with ``source: history``
+        (:func:`prae.workloads.history.from_telemetry`); without one it has no shadow."""
         self.spec = spec
         self.shadow_pg = None
         self.shadow_started_at: float | None = None
@@ -102,10 +128,20 @@ class WorkloadSupervisor:
             spec, "live", f"{workdir}/live", seed, interval_s, live_env
         )
         self.shadow = None
-        if spec.shadow.mode != "none":
-            self.shadow = self._make_shadow_host(workdir, seed, interval_s, pg_prefix)
+        wants_history = plays_history(spec)
+        if wants_history and history is None:
+            self.shadow_note = (
+                f"no complete live run of '{spec.name}' in the store yet: its 'simulate' shadow"
+                " (source: history) starts with the next run"
+            )
+        elif spec.shadow.mode != "none":
+            self.shadow = self._make_shadow_host(
+                workdir, seed, interval_s, pg_prefix, history if wants_history else None
+            )
 
-    def _make_shadow_host(self, workdir: str, seed: int, interval_s: float, pg_prefix: str) -> Any:
+    def _make_shadow_host(
+        self, workdir: str, seed: int, interval_s: float, pg_prefix: str, history: bytes | None
+    ) -> Any:
         sh = self.spec.shadow
         opts: dict[str, Any] = {"num_cpus": sh.resources.cpu or 0.5, "name": f"{pg_prefix}shadow-{self.spec.name}"}
         if sh.custom_resource:
@@ -123,7 +159,9 @@ class WorkloadSupervisor:
         shadow_interval = max(0.1, interval_s / 5)
         # ... and tell it, so a timeline shadow never steps faster than its samples resolve.
         env = {SAMPLE_INTERVAL_ENV: f"{shadow_interval:g}"}
-        return WorkloadHost.options(**opts).remote(self.spec, "shadow", f"{workdir}/shadow", seed, shadow_interval, env)
+        return WorkloadHost.options(**opts).remote(
+            self.spec, "shadow", f"{workdir}/shadow", seed, shadow_interval, env, history
+        )
 
     def start(self) -> dict[str, Any]:
         # The shadow starts with the live run so it gets ahead of it on its smaller data.

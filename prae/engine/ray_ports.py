@@ -30,12 +30,16 @@ def _status(d: Mapping[str, Any]) -> RoleStatus:
 class RayTelemetrySource:
     """One WorkloadSupervisor actor per workload; ``poll`` asks them all at once."""
 
-    def __init__(self, config: PraeConfig, workdir: Path, prefix: str) -> None:
+    def __init__(
+        self, config: PraeConfig, workdir: Path, prefix: str, histories: Mapping[str, bytes | None] | None = None
+    ) -> None:
+        """``histories``: per workload, the previous run its shadow plays (if it plays one)."""
         self.supervisors: dict[str, Any] = {}
         self.stopped: set[str] = set()
+        histories = histories or {}
         for w in config.workloads:
             self.supervisors[w.name] = WorkloadSupervisor.options(name=f"{prefix}supervisor-{w.name}").remote(
-                w, str(workdir / w.name), config.run.seed, config.run.interval_s, prefix
+                w, str(workdir / w.name), config.run.seed, config.run.interval_s, prefix, histories.get(w.name)
             )
         ray.get([s.start.remote() for s in self.supervisors.values()])
 

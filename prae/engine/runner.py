@@ -20,6 +20,7 @@ from prae.engine.loop import EngineLoop
 from prae.engine.ray_ports import RayAllocator, RayRetrainer, RayTelemetrySource, ServeForecaster
 from prae.engine.summary import RunSummary, format_table, rows_of_run, summarise_workload
 from prae.store.feedback import FeedbackStore
+from prae.workloads.history import from_telemetry, plays_history
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,8 @@ def run(config: PraeConfig, duration_s: float | None = None, keep_serving: bool 
     forecaster = ServeForecaster(config.predictor, config.run.horizon_steps)
     allocator = RayAllocator(config, prefix)
     retrainer = RayRetrainer(config, store_root, run_dir / "models", config.predictor.checkpoint)
-    telemetry = RayTelemetrySource(config, run_dir / "work", prefix)
+    histories = {w.name: from_telemetry(store.read("telemetry", w.name)) for w in config.workloads if plays_history(w)}
+    telemetry = RayTelemetrySource(config, run_dir / "work", prefix, histories)
     loop = EngineLoop(config, telemetry, forecaster, allocator, store, retrainer)
     t0 = time.time()
     try:

@@ -13,7 +13,9 @@ Shadow modes (what the role ``shadow`` runs)
               timeline, the timeline compressed into ``fraction`` of its duration.
     mirror    service only: the live service copies ``fraction`` of its requests to the shadow.
     simulate  replay and service: the same as sample (their workload *is* a simulated
-              environment); other kinds: the profile's phases replayed as a resource curve.
+              environment); other kinds: the profile's phases replayed as a resource curve,
+              or with ``shadow.source: history`` the previous complete live run
+              (:mod:`prae.workloads.history`).
     none      no shadow.
 
 The built-ins' parameters are declared here, not in their modules, so checking a spec does
@@ -151,13 +153,15 @@ def check_spec(spec: WorkloadSpec, role: str) -> dict[str, object]:
     if (
         mode == "simulate"
         and spec.kind not in TIMELINE_KINDS
+        and spec.shadow.source == "profile"
         and not any(p.cpu is not None or p.mem is not None for p in spec.profile.phases)
     ):
         raise ConfigError(
             source,
             "profile.phases",
             f"shadow mode 'simulate' for kind '{spec.kind}' replays the profile's phases, but none gives cpu or memory",
-            "add 'profile: {phases: [{name: load, progress_end: 0.3, cpu: 1, memory: 512MiB}, ...]}' or use mode 'sample'",
+            "add 'profile: {phases: [{name: load, progress_end: 0.3, cpu: 1, memory: 512MiB}, ...]}',"
+            " or 'shadow: {source: history}' (the previous run), or use mode 'sample'",
         )
     try:
         json.dumps(dict(spec.params))

@@ -81,7 +81,8 @@ def main(argv: list[str]) -> int:
     )
     if spec.start_delay_s > 0:
         time.sleep(spec.start_delay_s)  # the workload's own start_delay_s, live and shadow alike
-    if spec.kind == "command":
+    simulated = role == "shadow" and spec.shadow.mode == "simulate" and spec.kind not in TIMELINE_KINDS
+    if spec.kind == "command" and not simulated:  # a simulated shadow plays a curve instead
         argv_cmd = cfg["argv"]
         os.execv(argv_cmd[0], argv_cmd)  # environment already set by WorkloadProcess
     install_stop_handler(ctx)

@@ -10,13 +10,19 @@ from its parameters, in 50 steps, and reports the phase names as it goes.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from prae.errors import WorkloadError
 from prae.workloads.context import WorkloadContext
-from prae.workloads.curve import Curve, play_curve
+from prae.workloads.curve import Curve, play_curve, shadow_min_step_s
+from prae.workloads.history import from_bytes, shadow_curve
+
+# Set by the shadow's host to the file of the previous run's profile (history.to_bytes).
+HISTORY_ENV = "PRAE_SHADOW_HISTORY"
 
 STEPS = 50
 # Seconds per unit of work on one core here (measured): used only to size a simulation.
@@ -59,6 +65,14 @@ def profile_curve(ctx: WorkloadContext) -> Curve:
 
 
 def run_profile(ctx: WorkloadContext) -> dict[str, Any]:
+    """The ``simulate`` shadow of a kind without a timeline: the previous run when its
+    host was given one (``HISTORY_ENV``, ``shadow.source: history``), else the profile."""
+    history = os.environ.get(HISTORY_ENV)
+    if history:
+        profile, duration_s = from_bytes(Path(history).read_bytes())
+        out = play_curve(ctx, shadow_curve(profile, duration_s, ctx.fraction, shadow_min_step_s()))
+        out["simulated"] = "history"
+        return out
     out = play_curve(ctx, profile_curve(ctx))
     out["simulated"] = "profile"
     return out
