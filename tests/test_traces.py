@@ -166,3 +166,25 @@ def test_real_bitbrains_vm_loads() -> None:
     (s,) = load_trace(SHARED / "bitbrains-rnd-2013-07", ids=["1"])
     assert s.step_s == 300 and 8000 < len(s) <= 8700
     assert (np.nanmedian(s.values, axis=0) >= 0).all() and s.observed().all()
+
+
+def test_a_trace_window_is_parsed_once_and_again_when_the_file_changes(tmp_path: Path, monkeypatch) -> None:
+    import prae.traces
+    from prae.workloads.tracesrc import load_window
+
+    monkeypatch.setenv("PRAE_CACHE_DIR", str(tmp_path / "cache"))
+    csv = tmp_path / "t.csv"
+    csv.write_text("series_id,timestamp,cpu,mem\n" + "".join(f"a,{300 * i},{i},{2 * i}\n" for i in range(10)))
+    first = load_window(str(csv), 2, 3)
+    assert first[:, 0].tolist() == [2.0, 3.0, 4.0]
+    assert len(list((tmp_path / "cache" / "traces").glob("*.npy"))) == 1
+
+    def parse_again(*a, **k):
+        raise AssertionError("parsed again")
+
+    monkeypatch.setattr(prae.traces, "load_trace", parse_again)
+    np.testing.assert_array_equal(load_window(str(csv), 2, 3), first)  # from the cache
+    monkeypatch.undo()
+    monkeypatch.setenv("PRAE_CACHE_DIR", str(tmp_path / "cache"))
+    csv.write_text("series_id,timestamp,cpu,mem\n" + "".join(f"a,{300 * i},{10 * i},{2 * i}\n" for i in range(12)))
+    assert load_window(str(csv), 2, 3)[:, 0].tolist() == [20.0, 30.0, 40.0]  # edited: read again

@@ -10,7 +10,10 @@ disk and net) stays 0.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -26,30 +29,10 @@ def traces_dir() -> Path:
 
 def load_window(trace: str, start: int, steps: int) -> np.ndarray:
     """Rows ``start .. start+steps`` of a trace, shape (steps, 4) in RESOURCES order, raw units."""
-    from prae.traces import load_trace
-
-    kind, _, ident = trace.partition(":")
     root = traces_dir()
     try:
-        if kind == "bitbrains" and ident:
-            series = load_trace(
-                root / "bitbrains-rnd-2013-07" / "series" / f"{ident}.csv.gz", "bitbrains"
-            )
-        elif kind == "alibaba" and ident:
-            series = load_trace(root / "alibaba2018-machine-usage-sample", "alibaba", ids=[ident])
-        elif kind == "google" and ident:
-            matches = sorted((root / "google2019-instance-usage").rglob(f"{ident}*.csv*"))
-            if not matches:
-                raise TraceFormatError(
-                    f"no Google instance file starting with {ident!r} under {root}"
-                )
-            series = load_trace(matches[0], "google")
-        elif os.path.exists(trace):
-            series = load_trace(trace)
-        else:
-            raise TraceFormatError(
-                f"{trace!r} is not 'bitbrains:<vm>', 'alibaba:<machine>', 'google:<stem>' or a file"
-            )
+        source, read = _source(trace, root)
+        values = _cached_values(trace, source, read)
     except TraceFormatError as exc:
         raise ConfigError(
             f"trace '{trace}'",
@@ -57,7 +40,6 @@ def load_window(trace: str, start: int, steps: int) -> np.ndarray:
             str(exc),
             f"check the name; traces are read from {root}",
         ) from exc
-    values = series[0].values
     if len(values) < start + steps:
         raise ConfigError(
             f"trace '{trace}'",
@@ -66,6 +48,52 @@ def load_window(trace: str, start: int, steps: int) -> np.ndarray:
             f"choose start + steps <= {len(values)}",
         )
     return _ffill(values[start : start + steps])
+
+
+def _source(trace: str, root: Path) -> tuple[Path, Callable[[], np.ndarray]]:
+    """The file (or folder) a trace name is read from, and how to read its first series."""
+    from prae.traces import load_trace
+
+    kind, _, ident = trace.partition(":")
+    if kind == "bitbrains" and ident:
+        path = root / "bitbrains-rnd-2013-07" / "series" / f"{ident}.csv.gz"
+        return path, lambda: load_trace(path, "bitbrains")[0].values
+    if kind == "alibaba" and ident:
+        folder = root / "alibaba2018-machine-usage-sample"
+        return folder, lambda: load_trace(folder, "alibaba", ids=[ident])[0].values
+    if kind == "google" and ident:
+        matches = sorted((root / "google2019-instance-usage").rglob(f"{ident}*.csv*"))
+        if not matches:
+            raise TraceFormatError(f"no Google instance file starting with {ident!r} under {root}")
+        return matches[0], lambda: load_trace(matches[0], "google")[0].values
+    if os.path.exists(trace):
+        return Path(trace), lambda: load_trace(trace)[0].values
+    raise TraceFormatError(
+        f"{trace!r} is not 'bitbrains:<vm>', 'alibaba:<machine>', 'google:<stem>' or a file"
+    )
+
+
+def _cached_values(trace: str, source: Path, read: Callable[[], np.ndarray]) -> np.ndarray:
+    """The trace's values, parsed once per machine: parsing a Bitbrains file takes ~0.4
+    CPU-s, a third of a replay shadow's start-up. Kept as .npy in ``$PRAE_CACHE_DIR``
+    (else ``~/.cache/prae``), keyed by the name and the source's path, size and mtime, so
+    an edited trace is read again. A cache that cannot be written (a sandboxed shadow, a
+    read-only home) is skipped."""
+    try:
+        st = source.stat()
+    except OSError:
+        return np.asarray(read())  # let the reader say what is missing
+    key = hashlib.sha256(f"{trace}|{source.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:24]
+    cache = Path(os.environ.get("PRAE_CACHE_DIR") or Path.home() / ".cache" / "prae") / "traces" / f"{key}.npy"
+    with contextlib.suppress(OSError, ValueError):
+        return np.load(cache, allow_pickle=False)
+    values = np.asarray(read(), dtype=np.float64)
+    with contextlib.suppress(OSError):
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f"{cache.stem}.{os.getpid()}.tmp.npy")
+        np.save(tmp, values)
+        os.replace(tmp, cache)  # atomic: a live run and its shadow may both write it
+    return values
 
 
 def _ffill(a: np.ndarray) -> np.ndarray:
