@@ -5,6 +5,10 @@
    a model learns on one variant does not tell it the other's timing. The live run is sampled
    every ``--interval`` s; its shadow every ``--shadow-interval`` s (its timeline is compressed
    by ~1/fraction, so it is sampled faster; the engine should do the same).
+   ``--history-shadows etl,train``: those kinds are then run again with a
+   ``simulate`` shadow from history (``prae.workloads.history``) that plays the *other*
+   variant's live run -- the previous run of a job whose input has changed -- and these
+   runs are the ones scored for them.
 2. Align: the shadow's telemetry at the progress the live run will reach ``H`` steps later
    (``align_shadow_by_progress``, causal: a live step only sees shadow samples taken by then).
 3. Fine-tune ``Predictor.builtin()`` into two arms, identically (same windows, epochs and
@@ -56,7 +60,9 @@ from prae.config import ShadowSpec, WorkloadSpec  # noqa: E402
 from prae.model.combination import MedianSelector, level_ratio, point_candidates  # noqa: E402
 from prae.telemetry.alignment import align_shadow_by_progress  # noqa: E402
 from prae.workloads.curve import SAMPLE_INTERVAL_ENV  # noqa: E402
+from prae.workloads.history import last_complete_run, progress_profile, to_bytes  # noqa: E402
 from prae.workloads.process import WorkloadProcess  # noqa: E402
+from prae.workloads.simulate import HISTORY_ENV  # noqa: E402
 
 # (kind, shadow mode, variant A params, variant B params)
 WORKLOADS: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
@@ -113,22 +119,41 @@ class Run:
     shadow_mem_bs: float
     live_exit: int | None
     shadow_exit: int | None
+    shadow_mode: str = "sample"  # "history": simulate, playing the other variant's live run
+
+
+def history_of(run: Run) -> bytes:
+    """A run's live telemetry as the previous run a history shadow plays."""
+    found = last_complete_run(np.array(run.live_ts), np.array(run.live_progress, dtype=float), np.array(run.live))
+    if found is None:
+        raise SystemExit(f"{run.kind}/{run.variant}: its live run never reached progress 1: no history")
+    values, progress, duration_s = found
+    return to_bytes(progress_profile(values, progress), duration_s)
 
 
 def collect(
-    kind: str, mode: str, variant: str, params: dict[str, Any], args: argparse.Namespace
+    kind: str,
+    mode: str,
+    variant: str,
+    params: dict[str, Any],
+    args: argparse.Namespace,
+    history: bytes | None = None,
 ) -> Run:
+    source = "history" if history is not None else "profile"
     spec = WorkloadSpec(
-        name=f"abl-{kind}-{variant}",
+        name=f"abl-{kind}-{variant}" + ("-history" if history is not None else ""),
         kind=kind,  # type: ignore[arg-type]
         params=params,
-        shadow=ShadowSpec(mode=mode, fraction=args.fraction),  # type: ignore[arg-type]
+        shadow=ShadowSpec(mode="simulate" if history is not None else mode, fraction=args.fraction, source=source),  # type: ignore[arg-type]
     )
     root = Path(args.out) / "work" / spec.name
+    env = {SAMPLE_INTERVAL_ENV: str(args.shadow_interval)}
+    if history is not None:
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "history.npz").write_bytes(history)
+        env[HISTORY_ENV] = str((root / "history.npz").resolve())
     live = WorkloadProcess(spec, "live", root / "live", seed=args.seed)
-    shadow = WorkloadProcess(
-        spec, "shadow", root / "shadow", seed=args.seed, env={SAMPLE_INTERVAL_ENV: str(args.shadow_interval)}
-    )
+    shadow = WorkloadProcess(spec, "shadow", root / "shadow", seed=args.seed, env=env)
     live.start()
     shadow.start()
     ls, ss = [], []
@@ -163,6 +188,7 @@ def collect(
         shadow.cost_mem_byte_seconds,
         live.exit_code(),
         shadow.exit_code(),
+        "history" if history is not None else "sample",
     )
 
 
@@ -533,6 +559,19 @@ def main() -> None:
         "--recollect", default="", help="with the cache: run these kinds again (e.g. train)"
     )
     ap.add_argument("--kinds", default="etl,train,replay,service")
+    ap.add_argument(
+        "--history-shadows",
+        default="",
+        help="kinds whose shadow is 'simulate' from history: a live run collected in sample "
+        "mode first, played ahead; '' for their sample shadows",
+    )
+    ap.add_argument(
+        "--history-from",
+        choices=("other", "same"),
+        default="other",
+        help="the history shadow plays the other variant's run (the job's input changed: "
+        "other size, epochs, partitions) or the same variant's earlier run (a job that recurs as it was)",
+    )
     ap.add_argument("--fraction", type=float, default=0.05)
     ap.add_argument("--interval", type=float, default=0.5, help="live sampling step (s)")
     ap.add_argument("--shadow-interval", type=float, default=0.1, help="shadow sampling step (s)")
@@ -571,24 +610,41 @@ def main() -> None:
     if (args.reuse or args.recollect) and cache.exists():
         runs = [Run(**r) for r in json.loads(cache.read_text())]
     redo = set(args.recollect.split(",")) if args.recollect else (set() if args.reuse else kinds)
+    history_kinds = {k for k in args.history_shadows.split(",") if k}
     runs = [r for r in runs if r.kind not in redo]
+
+    def collect_one(kind: str, mode: str, variant: str, params: dict[str, Any], history: bytes | None) -> None:
+        if args.quick:
+            params = {**params, **QUICK[kind]}
+        t = time.monotonic()
+        run = collect(kind, mode, variant, params, args, history)
+        runs.append(run)
+        print(
+            f"{kind}/{variant} ({run.shadow_mode}): {len(run.live)} live samples, {len(run.shadow)} shadow "
+            f"samples, exit {run.live_exit}/{run.shadow_exit}, cpu {run.live_cpu_s:.1f}/{run.shadow_cpu_s:.1f} s, "
+            f"{time.monotonic() - t:.0f} s",
+            flush=True,
+        )
+        cache.write_text(json.dumps([asdict(r) for r in runs]))
+
     for kind, mode, pa, pb in WORKLOADS:
-        if kind not in redo:
-            continue
-        for variant, params in (("A", pa), ("B", pb)):
-            if args.quick:
-                params = {**params, **QUICK[kind]}
-            t = time.monotonic()
-            run = collect(kind, mode, variant, params, args)
-            runs.append(run)
-            print(
-                f"{kind}/{variant}: {len(run.live)} live samples, {len(run.shadow)} shadow samples, "
-                f"exit {run.live_exit}/{run.shadow_exit}, cpu {run.live_cpu_s:.1f}/{run.shadow_cpu_s:.1f} s, "
-                f"{time.monotonic() - t:.0f} s",
-                flush=True,
-            )
-            cache.write_text(json.dumps([asdict(r) for r in runs]))
-    runs = [r for r in runs if r.kind in kinds]
+        if kind in redo:
+            for variant, params in (("A", pa), ("B", pb)):
+                collect_one(kind, mode, variant, params, None)
+        if kind in history_kinds and kind in kinds:
+            # The previous run of a job whose input changed: each variant's shadow plays the
+            # other variant's (sample-mode) live run.
+            sampled = {r.variant: r for r in runs if r.kind == kind and r.shadow_mode == "sample"}
+            have = {r.variant for r in runs if r.kind == kind and r.shadow_mode == "history"}
+            for variant, params, other in (("A", pa, "B"), ("B", pb, "A")):
+                source = variant if args.history_from == "same" else other
+                if variant not in have:
+                    collect_one(kind, mode, variant, params, history_of(sampled[source]))
+    runs = [
+        r
+        for r in runs
+        if r.kind in kinds and r.shadow_mode == ("history" if r.kind in history_kinds else "sample")
+    ]
     bad = [f"{r.kind}/{r.variant}" for r in runs if r.live_exit != 0]
     if bad:
         print(f"warning: live runs that did not finish cleanly: {bad}", flush=True)
@@ -616,6 +672,11 @@ def main() -> None:
         "trace_samples": args.trace_samples,
         "synthetic_noise": args.synthetic_noise,
         "runs": len(runs),
+        "shadow_modes": {
+            k: (f"simulate (history, {args.history_from} variant)" if k in history_kinds else m)
+            for k, m, _, _ in WORKLOADS
+            if k in kinds
+        },
     }
     print(json.dumps(result))
 

@@ -4,8 +4,8 @@ A recurring job (a nightly ETL, a periodic retraining) does at each point of its
 much what it did last time, at a size set by its input. Its previous complete live run,
 from the feedback store's telemetry, is binned by progress into ``HISTORY_STEPS`` steps
 (the mean of each resource per bin) and played as a resource curve by the shadow, like a
-profile's phases (:mod:`prae.workloads.simulate`): ``fraction`` of the cost, ahead of the
-live run, its progress reported as it goes. The predictor then sees what the live run did
+profile's phases (:mod:`prae.workloads.simulate`): ``fraction`` of the cost, in a quarter
+of the recorded time, its progress reported as it goes. The predictor then sees what the live run did
 at the progress it is about to reach, in the same units the live telemetry has -- for
 phases a 5 % *sample* cannot show (a 5 % ETL's join never saturates a core; a 5 % training
 run writes its checkpoint in one 0.1-s sample).
@@ -33,7 +33,7 @@ HISTORY_STEPS = 50
 COMPLETE_AT = 0.99
 RESTART_DROP = 0.5
 GAP_S = 60.0
-SHADOW_SPAN = 0.5  # the shadow plays the previous run in this share of its duration
+SHADOW_SPAN = 0.25  # the shadow plays the previous run in this share of its duration
 
 
 def last_complete_run(
@@ -98,12 +98,14 @@ def shadow_curve(profile: np.ndarray, duration_s: float, fraction: float, min_st
     as many of the profile's steps as the shadow's sampling resolves (>= ``min_step_s``
     each; bins merged by their mean).
 
-    Why half the duration, not ``fraction`` of it like a sample: the previous run is
-    known whole from the start, so the shadow need not hurry to learn it, only stay
-    ahead of the live run by the forecast's horizon; a 5 % run of a 40-s job would last
-    2 s, resolved in 10 samples. Worked number: 50 bins of a 40-s run, fraction 0.05,
-    0.2-s steps -> 20 s in 50 steps of 0.4 s at 1/10 of the amplitude; 2 resource-seconds
-    per recorded 40, i.e. 5 %.
+    Why a quarter of the duration, not ``fraction`` of it like a sample: the previous run
+    is known whole from the start, so the shadow need not hurry to learn it, only stay
+    ahead of the live run by the forecast's horizon even when this run goes faster than
+    the last (half the duration was not enough: a training job that ran in 23 s beside a
+    sample shadow ran in 13 s beside this one, and its shadow fell behind); a 5 % run of
+    a 40-s job would last 2 s, resolved in 10 samples. Worked number: 50 bins of a 40-s
+    run, fraction 0.05, 0.2-s steps -> 10 s in 50 steps of 0.2 s at 1/5 of the
+    amplitude; 2 resource-seconds per recorded 40, i.e. 5 %.
     """
     span = SHADOW_SPAN * float(duration_s)
     steps = int(np.clip(math.floor(span / max(min_step_s, 1e-3) + 1e-9), 2, len(profile)))
