@@ -196,3 +196,15 @@ def test_alignment_rejects_bad_shapes() -> None:
         align_shadow_by_progress(np.zeros(3), np.zeros(2), np.zeros((3, 4)), 1)
     with pytest.raises(ValueError, match="lead_steps"):
         align_shadow_by_progress(np.zeros(3), np.zeros(2), np.zeros((2, 4)), -1)
+
+
+def test_alignment_targets_the_middle_of_the_live_samples_interval() -> None:
+    """A live sample's rates average the interval that ends at it: the shadow is read at
+    the progress half a live step before the one reported (a finely sampled shadow whose
+    value is 1000 x its progress makes the point exact)."""
+    sh_p = np.linspace(0.0, 1.0, 1001)
+    sh_v = np.repeat((sh_p * 1000)[:, None], 4, axis=1)
+    live_p = np.arange(0, 50) / 100.0
+    out = align_shadow_by_progress(live_p, sh_p, sh_v, lead_steps=0)
+    assert out[20, 0] == pytest.approx(195.0)  # reported 0.20, the interval's middle 0.195
+    assert align_shadow_by_progress(live_p, sh_p, sh_v, lead_steps=3)[20, 0] == pytest.approx(225.0)

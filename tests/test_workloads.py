@@ -579,3 +579,15 @@ def test_timeline_shadow_is_resolved_by_its_samples_and_costs_its_fraction(tmp_p
     run_to_end(wp)
     assert wp.exit_code() == 0, wp.error()
     assert wp.result()["step_s"] == pytest.approx(0.2)  # 0.4-s live steps x 0.1 -> 0.04 s, raised to 2 x 0.1 s
+
+
+def test_progress_estimate_moves_the_last_report_on_by_one_step_at_most() -> None:
+    from prae.workloads.progress import UNKNOWN, Progress, ProgressEstimate
+
+    est = ProgressEstimate()
+    assert math.isnan(est.at(UNKNOWN, 1.0))
+    assert est.at(Progress(0.40, "", 10.0), 10.2) == 0.40  # one report: no rate yet
+    assert est.at(Progress(0.41, "", 10.5), 10.5) == pytest.approx(0.41)
+    assert est.at(Progress(0.41, "", 10.5), 10.8) == pytest.approx(0.416)  # the worked number
+    assert est.at(Progress(0.41, "", 10.5), 30.0) == pytest.approx(0.42)  # never past the next step
+    assert est.at(Progress(0.995, "", 11.0), 11.4) == 1.0  # capped at 1

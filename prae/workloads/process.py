@@ -41,7 +41,7 @@ from prae.telemetry.process_tree import TAG_ENV, ProcessTreeSampler, children_of
 from prae.telemetry.sample import TelemetrySample
 from prae.workloads.context import tag_ray_job_env
 from prae.workloads.kinds import check_spec, command_argv
-from prae.workloads.progress import read_progress
+from prae.workloads.progress import ProgressEstimate, read_progress
 from prae.workloads.specio import spec_to_dict
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,7 @@ class WorkloadProcess:
         self._last_ts: float | None = None
         self._mem_byte_seconds = 0.0
         self._stopped = False
+        self._progress = ProgressEstimate()  # progress at each sample, not at the last report
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -265,7 +266,7 @@ class WorkloadProcess:
             mem=reading.mem,
             disk=reading.disk,
             net=reading.net,
-            progress=progress.fraction,
+            progress=self._progress.at(progress, reading.ts),
             phase=progress.phase,
         )
 
