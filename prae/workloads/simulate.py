@@ -6,6 +6,9 @@ its ``cpu`` (cores) and ``memory`` (bytes); a phase that leaves one out keeps th
 phase's value (0 at the start). Disk and network are not in a profile and stay 0. The curve
 lasts ``params.simulate_s`` seconds if given, else 5 % of an estimate of the live run's length
 from its parameters, in 50 steps, and reports the phase names as it goes.
+
+With ``shadow.source: history`` the curve is instead the workload's previous complete live
+run, all four resources, handed over by the shadow's host (:mod:`prae.workloads.history`).
 """
 
 from __future__ import annotations
