@@ -25,10 +25,10 @@ live curve closely; an ETL's 5 % shadow is dominated by start-up and is not foll
 A fourth, ``shadow_level``: the shadow's value at the target's progress in live units
 (times ``level_ratio``, the live run's sum over the shadow's at the same progress so far).
 Where the change is undefined -- a burst of disk writes from nothing, a replayed VM's
-network coming back from idle -- the level still says how much. On the shadow ablation's
-cached runs (``bench/shadow_ablation.py --reuse``) it took the phase-change error with a
-shadow from 0.515 to 0.501 (without a shadow 0.548); replay 0.422 -> 0.380, the others
-within 0.003.
+network coming back from idle -- the level still says how much. Re-scoring the shadow
+ablation's cached runs of the time (``bench/shadow_ablation.py --reuse``) it took the
+phase-change error with a shadow from 0.515 to 0.501 (without a shadow 0.548); replay
+0.422 -> 0.380, the others within 0.003 (README: a fresh collection).
 Where a candidate is unknown (no shadow, no last value yet) the model's median stands in
 for it, when chosen and when scored, so it cannot win by being absent.
 
