@@ -591,3 +591,10 @@ def test_progress_estimate_moves_the_last_report_on_by_one_step_at_most() -> Non
     assert est.at(Progress(0.41, "", 10.5), 10.8) == pytest.approx(0.416)  # the worked number
     assert est.at(Progress(0.41, "", 10.5), 30.0) == pytest.approx(0.42)  # never past the next step
     assert est.at(Progress(0.995, "", 11.0), 11.4) == 1.0  # capped at 1
+    # uneven steps: moved past the next report, then held until the reports catch up
+    est = ProgressEstimate()
+    est.at(Progress(0.1, "", 0.0), 0.0)
+    est.at(Progress(0.5, "", 1.0), 1.0)
+    assert est.at(Progress(0.5, "", 1.0), 1.9) == pytest.approx(0.86)
+    assert est.at(Progress(0.6, "", 2.0), 2.0) == pytest.approx(0.86)  # not back to 0.6
+    assert est.at(Progress(0.2, "", 3.0), 3.0) == pytest.approx(0.2)  # the workload went back itself

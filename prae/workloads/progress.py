@@ -95,20 +95,30 @@ class ProgressEstimate:
     run and on time in another. Here the last report is moved on at the rate between the
     last two distinct reports, by the time since it was made, for at most one such step.
     Worked number: reports 0.40 at t=10 and 0.41 at t=10.5; sampled at 10.8 -> 0.416.
+    Never decreasing while the reports do not: a workload whose steps vary (an ETL's
+    partitions) is moved past its next report at times, and then held there until the
+    reports catch up.
     """
 
     def __init__(self) -> None:
         self._last: Progress = UNKNOWN
         self._prev: Progress = UNKNOWN
+        self._out = -math.inf
 
     def at(self, report: Progress, now: float) -> float:
         if math.isnan(report.fraction):
             return report.fraction
         if report.fraction != self._last.fraction:
+            if report.fraction < self._last.fraction:  # the workload itself went back: follow it
+                self._out = -math.inf
             self._prev, self._last = self._last, report
+        self._out = max(self._out, self._moved_on(now))
+        return self._out
+
+    def _moved_on(self, now: float) -> float:
         last, prev = self._last, self._prev
         if math.isnan(last.ts) or math.isnan(prev.ts) or last.ts <= prev.ts or last.fraction <= prev.fraction:
-            return report.fraction
+            return last.fraction
         step = last.fraction - prev.fraction
         moved = step / (last.ts - prev.ts) * max(0.0, now - last.ts)
         return min(1.0, last.fraction + min(step, moved))
