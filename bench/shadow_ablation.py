@@ -60,7 +60,7 @@ from prae.config import ShadowSpec, WorkloadSpec  # noqa: E402
 from prae.model.combination import MedianSelector, level_ratio, point_candidates  # noqa: E402
 from prae.telemetry.alignment import align_shadow_by_progress  # noqa: E402
 from prae.workloads.curve import SAMPLE_INTERVAL_ENV  # noqa: E402
-from prae.workloads.history import last_complete_run, progress_profile, to_bytes  # noqa: E402
+from prae.workloads.history import from_samples  # noqa: E402
 from prae.workloads.process import WorkloadProcess  # noqa: E402
 from prae.workloads.simulate import HISTORY_ENV  # noqa: E402
 
@@ -124,11 +124,10 @@ class Run:
 
 def history_of(run: Run) -> bytes:
     """A run's live telemetry as the previous run a history shadow plays."""
-    found = last_complete_run(np.array(run.live_ts), np.array(run.live_progress, dtype=float), np.array(run.live))
+    found = from_samples(np.array(run.live_ts), np.array(run.live_progress, dtype=float), np.array(run.live))
     if found is None:
         raise SystemExit(f"{run.kind}/{run.variant}: its live run never reached progress 1: no history")
-    values, progress, duration_s = found
-    return to_bytes(progress_profile(values, progress), duration_s)
+    return found
 
 
 def collect(

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from prae.config import TIMELINE_KINDS, WorkloadSpec
 from prae.resources import RESOURCES
 from prae.workloads.curve import Curve
 
@@ -139,17 +140,20 @@ def from_telemetry(table: Any) -> bytes | None:
     def col(name: str) -> np.ndarray:
         return np.asarray(table.column(name).to_numpy(zero_copy_only=False), dtype=np.float64)[live]
 
-    values = np.stack([col(r) for r in RESOURCES], axis=1)
-    found = last_complete_run(col("ts"), col("progress"), values)
+    return from_samples(col("ts"), col("progress"), np.stack([col(r) for r in RESOURCES], axis=1))
+
+
+def from_samples(ts: np.ndarray, progress: np.ndarray, values: np.ndarray) -> bytes | None:
+    """The newest complete run in live samples (shapes (N,), (N,), (N, R)), ready for a
+    shadow's host; None when there is none."""
+    found = last_complete_run(ts, progress, values)
     if found is None:
         return None
     run_values, run_progress, duration_s = found
     return to_bytes(progress_profile(run_values, run_progress), duration_s)
 
 
-def plays_history(spec: Any) -> bool:
-    """Whether a workload's shadow plays its previous run (a ``WorkloadSpec``)."""
-    from prae.config import TIMELINE_KINDS
-
+def plays_history(spec: WorkloadSpec) -> bool:
+    """Whether a workload's shadow plays its previous run."""
     sh = spec.shadow
     return sh.mode == "simulate" and sh.source == "history" and spec.kind not in TIMELINE_KINDS
