@@ -107,6 +107,12 @@ class WorkloadSpec:
     profile: Profile = field(default_factory=Profile)
     start_delay_s: float = 0.0
 
+    @property
+    def shadow_plays_curve(self) -> bool:
+        """A 'simulate' shadow of a kind without a timeline of its own: it plays a resource
+        curve (the profile's phases, or the previous run), not the workload's code."""
+        return self.shadow.mode == "simulate" and self.kind not in TIMELINE_KINDS
+
 
 @dataclass(frozen=True)
 class PredictorSpec:

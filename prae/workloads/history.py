@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from prae.config import TIMELINE_KINDS, WorkloadSpec
+from prae.config import WorkloadSpec
 from prae.resources import RESOURCES
 from prae.workloads.curve import Curve
 
@@ -155,5 +155,4 @@ def from_samples(ts: np.ndarray, progress: np.ndarray, values: np.ndarray) -> by
 
 def plays_history(spec: WorkloadSpec) -> bool:
     """Whether a workload's shadow plays its previous run."""
-    sh = spec.shadow
-    return sh.mode == "simulate" and sh.source == "history" and spec.kind not in TIMELINE_KINDS
+    return spec.shadow_plays_curve and spec.shadow.source == "history"

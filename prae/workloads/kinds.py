@@ -35,7 +35,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from prae.config import TIMELINE_KINDS, PraeConfig, WorkloadSpec
+from prae.config import PraeConfig, WorkloadSpec
 from prae.errors import ConfigError, WorkloadError
 from prae.workloads.params import Param, read_params
 
@@ -151,8 +151,7 @@ def check_spec(spec: WorkloadSpec, role: str) -> dict[str, object]:
             "use mode 'sample' (or 'simulate'), or kind 'service'",
         )
     if (
-        mode == "simulate"
-        and spec.kind not in TIMELINE_KINDS
+        spec.shadow_plays_curve
         and spec.shadow.source == "profile"
         and not any(p.cpu is not None or p.mem is not None for p in spec.profile.phases)
     ):

@@ -24,7 +24,6 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from prae.config import TIMELINE_KINDS
 from prae.workloads.context import WorkloadContext, install_stop_handler
 from prae.workloads.progress import ProgressWriter
 from prae.workloads.specio import spec_from_dict
@@ -81,13 +80,13 @@ def main(argv: list[str]) -> int:
     )
     if spec.start_delay_s > 0:
         time.sleep(spec.start_delay_s)  # the workload's own start_delay_s, live and shadow alike
-    simulated = role == "shadow" and spec.shadow.mode == "simulate" and spec.kind not in TIMELINE_KINDS
-    if spec.kind == "command" and not simulated:  # a simulated shadow plays a curve instead
+    plays_curve = role == "shadow" and spec.shadow_plays_curve
+    if spec.kind == "command" and not plays_curve:  # a simulated shadow plays a curve instead
         argv_cmd = cfg["argv"]
         os.execv(argv_cmd[0], argv_cmd)  # environment already set by WorkloadProcess
     install_stop_handler(ctx)
     try:
-        func = _load(spec.kind, spec.entrypoint, role, spec.shadow.mode)
+        func = _load(spec.kind, spec.entrypoint, plays_curve)
     except Exception:
         return _fail(
             meta_dir,
@@ -120,12 +119,12 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def _load(kind: str, entrypoint: str | None, role: str, mode: str) -> Any:
+def _load(kind: str, entrypoint: str | None, plays_curve: bool) -> Any:
     if kind == "python":
         module_name, _, func_name = (entrypoint or "").partition(":")
         module = importlib.import_module(module_name)
         return getattr(module, func_name)
-    if role == "shadow" and mode == "simulate" and kind not in TIMELINE_KINDS:
+    if plays_curve:
         from prae.workloads.simulate import run_profile
 
         return run_profile

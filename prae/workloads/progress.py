@@ -122,4 +122,3 @@ class ProgressEstimate:
         step = last.fraction - prev.fraction
         moved = step / (last.ts - prev.ts) * max(0.0, now - last.ts)
         return min(1.0, last.fraction + min(step, moved))
-
