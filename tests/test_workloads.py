@@ -465,6 +465,21 @@ def test_a_simulated_shadow_of_a_command_plays_its_profile_not_the_command(tmp_p
     assert wp.result()["simulated"] == "profile"
 
 
+def test_a_simulated_shadow_of_a_python_workload_plays_its_profile(tmp_path, user_module) -> None:
+    profile = Profile(phases=(Phase("only", 1.0, cpu=0.2, mem=30 * 1024**2),))
+    s = spec(
+        "python",
+        entrypoint="prae_test_jobs:crash_if_shadow",
+        shadow=ShadowSpec(mode="simulate"),
+        profile=profile,
+        params={"simulate_s": 1.0},
+    )
+    wp = WorkloadProcess(s, "shadow", tmp_path)
+    run_to_end(wp, interval_s=0.1)
+    assert wp.exit_code() == 0, wp.error()
+    assert wp.result()["simulated"] == "profile"
+
+
 def test_a_history_shadow_needs_mode_simulate() -> None:
     with pytest.raises(ConfigError, match=r"workloads\[0\]\.shadow\.source.*mode: simulate"):
         parse_config(

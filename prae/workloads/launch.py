@@ -120,14 +120,14 @@ def main(argv: list[str]) -> int:
 
 
 def _load(kind: str, entrypoint: str | None, plays_curve: bool) -> Any:
+    if plays_curve:  # before the user's function: a simulated shadow never runs it
+        from prae.workloads.simulate import run_profile
+
+        return run_profile
     if kind == "python":
         module_name, _, func_name = (entrypoint or "").partition(":")
         module = importlib.import_module(module_name)
         return getattr(module, func_name)
-    if plays_curve:
-        from prae.workloads.simulate import run_profile
-
-        return run_profile
     from prae.workloads.kinds import builtin_module
 
     return builtin_module(kind).run
