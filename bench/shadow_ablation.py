@@ -6,9 +6,9 @@
    every ``--interval`` s; its shadow every ``--shadow-interval`` s (its timeline is compressed
    by ~1/fraction, so it is sampled faster; the engine should do the same).
    ``--history-shadows etl,train``: those kinds are then run again with a
-   ``simulate`` shadow from history (``prae.workloads.history``) that plays the *other*
-   variant's live run -- the previous run of a job whose input has changed -- and these
-   runs are the ones scored for them.
+   ``simulate`` shadow from history (``prae.workloads.history``) that plays a sample-mode
+   live run: the other variant's (``--history-from other``: the job's input changed) or
+   its own (``same``: the job recurs as it was); these runs are the ones scored for them.
 2. Align: the shadow's telemetry at the progress the live run will reach ``H`` steps later
    (``align_shadow_by_progress``, causal: a live step only sees shadow samples taken by then).
 3. Fine-tune ``Predictor.builtin()`` into two arms, identically (same windows, epochs and
@@ -119,7 +119,7 @@ class Run:
     shadow_mem_bs: float
     live_exit: int | None
     shadow_exit: int | None
-    shadow_mode: str = "sample"  # "history": simulate, playing the other variant's live run
+    shadow_mode: str = "sample"  # "history:other" / "history:same": which run its shadow played
 
 
 def history_of(run: Run) -> bytes:
@@ -187,7 +187,7 @@ def collect(
         shadow.cost_mem_byte_seconds,
         live.exit_code(),
         shadow.exit_code(),
-        "history" if history is not None else "sample",
+        "sample" if history is None else f"history:{args.history_from}",
     )
 
 
@@ -610,6 +610,7 @@ def main() -> None:
         runs = [Run(**r) for r in json.loads(cache.read_text())]
     redo = set(args.recollect.split(",")) if args.recollect else (set() if args.reuse else kinds)
     history_kinds = {k for k in args.history_shadows.split(",") if k}
+    history_mode = f"history:{args.history_from}"  # a cached run of the other source is not reused
     runs = [r for r in runs if r.kind not in redo]
 
     def collect_one(kind: str, mode: str, variant: str, params: dict[str, Any], history: bytes | None) -> None:
@@ -631,10 +632,9 @@ def main() -> None:
             for variant, params in (("A", pa), ("B", pb)):
                 collect_one(kind, mode, variant, params, None)
         if kind in history_kinds and kind in kinds:
-            # The previous run of a job whose input changed: each variant's shadow plays the
-            # other variant's (sample-mode) live run.
+            # Each variant's shadow plays a sample-mode live run: the other variant's, or its own.
             sampled = {r.variant: r for r in runs if r.kind == kind and r.shadow_mode == "sample"}
-            have = {r.variant for r in runs if r.kind == kind and r.shadow_mode == "history"}
+            have = {r.variant for r in runs if r.kind == kind and r.shadow_mode == history_mode}
             for variant, params, other in (("A", pa, "B"), ("B", pb, "A")):
                 source = variant if args.history_from == "same" else other
                 if variant not in have:
@@ -642,7 +642,7 @@ def main() -> None:
     runs = [
         r
         for r in runs
-        if r.kind in kinds and r.shadow_mode == ("history" if r.kind in history_kinds else "sample")
+        if r.kind in kinds and r.shadow_mode == (history_mode if r.kind in history_kinds else "sample")
     ]
     bad = [f"{r.kind}/{r.variant}" for r in runs if r.live_exit != 0]
     if bad:
