@@ -182,6 +182,46 @@ def test_calibrator_fixes_too_narrow_intervals() -> None:
     assert 0.7 < cov["cpu.interval80"] < 0.9
 
 
+def test_level_windows_hold_twenty_expected_exceedances() -> None:
+    from prae.model.calibration import level_windows
+
+    assert level_windows((0.1, 0.5, 0.9, 0.95, 0.99), 200) == (200, 200, 200, 400, 2000)
+    assert level_windows((0.5, 0.999), 50, min_exceedances=5) == (50, 5000)
+
+
+def test_each_level_is_calibrated_from_its_own_window() -> None:
+    """Windows (5, 5, 5, 7, 11): q0.9's offset is the largest of its last 5 scores and
+    q0.99's of its last 11 (the conformal rank caps at the window's top), each shrunk by
+    n / (n + 10)."""
+    rng = np.random.default_rng(4)
+    bank = CalibrationBank(1, window=5, windows=(5, 5, 5, 7, 11))
+    pred = np.tile(np.array([9.0, 10.0, 11.0, 11.5, 12.0]), (1, 4, 1))  # (1, R, Q); d = 2
+    idx = np.zeros(1, np.int64)
+    ys = 10.0 + 2.0 * rng.standard_normal(30)
+    for y in ys:
+        bank.update(idx, pred, np.full((1, 4), y))
+    adj = bank.adjust(idx, pred)[0, 0]
+    s90 = (ys[-5:] - 11.0) / 2.0
+    s99 = (ys[-11:] - 12.0) / 2.0
+    assert adj[2] == pytest.approx(11.0 + 2.0 * s90.max() * 5 / 15)
+    assert adj[4] == pytest.approx(12.0 + 2.0 * s99.max() * 11 / 21)
+    assert s99.max() > s90.max()  # the seed makes the two windows' answers differ
+
+
+def test_q99_remembers_a_burst_that_q90_has_forgotten() -> None:
+    """q0.99 keeps 2000 scores, q0.9 200: 300 outcomes after a burst of misses, the
+    burst still lifts q0.99 and no longer lifts q0.9."""
+    bank = CalibrationBank(1, window=200)
+    assert bank.windows == (200, 200, 200, 400, 2000)
+    pred = np.tile(np.array([9.0, 10.0, 11.0, 11.5, 12.0]), (1, 4, 1))  # (1, R, Q)
+    idx = np.zeros(1, np.int64)
+    for y in [30.0] * 50 + [10.0] * 300:
+        bank.update(idx, pred, np.full((1, 4), y))
+    adj = bank.adjust(idx, pred)[0, 0]
+    assert adj[2] < 10.5  # q0.9: its last 200 scores are all y = 10 (brought down to ~10)
+    assert adj[4] > 20.0  # q0.99: 50 of its 350 scores are the burst (y = 30)
+
+
 def test_calibration_bank_matches_single_calibrators() -> None:
     rng = np.random.default_rng(1)
     bank = CalibrationBank(2)
