@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import sys
@@ -222,6 +223,38 @@ def test_command_kind_gets_its_role_through_the_environment(tmp_path) -> None:
     assert wp.result() == {"role": "shadow", "fraction": 0.05}
     assert samples[-1].progress == 1.0 and samples[-1].phase == "done"
     assert_uses(samples, ("cpu", "disk"))
+
+
+def test_thread_pools_follow_the_roles_cpu_share(tmp_path, monkeypatch) -> None:
+    """A 2.5-CPU live run gets 2 BLAS/OpenMP threads, its 0.5-CPU shadow 1 (what Ray
+    sets for actors of those sizes); a value in the environment wins."""
+    from prae.config import ResourceAmount, ShadowSpec
+
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(var, raising=False)
+    script = tmp_path / "env.sh"
+    script.write_text(
+        '#!/bin/sh\necho "{\\"omp\\": \\"$OMP_NUM_THREADS\\", \\"blas\\": '
+        '\\"$OPENBLAS_NUM_THREADS\\", \\"mkl\\": \\"$MKL_NUM_THREADS\\"}" > "$PRAE_RESULT_FILE"\n'
+    )
+    script.chmod(0o755)
+    s = dataclasses.replace(
+        spec("command", entrypoint=str(script)),
+        resources=ResourceAmount(cpu=2.5),
+        shadow=ShadowSpec(mode="sample", fraction=0.05, resources=ResourceAmount(cpu=0.5)),
+    )
+    got = {}
+    for role in ("live", "shadow"):
+        wp = WorkloadProcess(s, role, tmp_path / role)
+        run_to_end(wp)
+        assert wp.exit_code() == 0, wp.error()
+        got[role] = wp.result()
+    assert got["live"] == {"omp": "2", "blas": "2", "mkl": "2"}
+    assert got["shadow"] == {"omp": "1", "blas": "1", "mkl": "1"}
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # e.g. set by Ray for the host actor
+    wp = WorkloadProcess(s, "shadow", tmp_path / "preset")
+    run_to_end(wp)
+    assert wp.result() == {"omp": "3", "blas": "3", "mkl": "3"}
 
 
 def test_failing_command_reports_its_exit_code(tmp_path) -> None:

@@ -49,6 +49,12 @@ log = logging.getLogger(__name__)
 Role = Literal["live", "shadow"]
 _PROJECT_ROOT = Path(prae.__file__).resolve().parents[1]
 DEFAULT_SHADOW_NICE = 5
+# The child's BLAS and OpenMP thread pools (and Arrow's, which reads OMP_NUM_THREADS) get
+# as many threads as the role's CPU share, at least 1: what Ray gives a task or actor of
+# that many CPUs, so a workload runs alike under the engine's host actors and in a plain
+# WorkloadProcess (bench/). A value already in the environment wins. Unset, a 0.5-CPU
+# shadow started one OpenBLAS thread per host core in each of its Python processes.
+THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 # Where a shadow may write besides its own directory: device files (/dev/null, /dev/shm).
 SHADOW_WRITABLE_DEFAULT = ("/dev",)
 
@@ -170,6 +176,10 @@ class WorkloadProcess:
         )
         if self.role == "shadow":
             env["TMPDIR"] = str(self.workdir / "tmp")
+        share = (self.spec.shadow.resources if self.role == "shadow" else self.spec.resources).cpu
+        threads = env.get("OMP_NUM_THREADS") or str(max(1, int(share or 1)))
+        for var in THREAD_ENV:
+            env.setdefault(var, threads)
         if (
             self.spec.kind == "service"
             and self.role == "live"
