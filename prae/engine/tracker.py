@@ -39,6 +39,9 @@ class Series:
     values: deque[np.ndarray] = field(default_factory=lambda: deque(maxlen=MAX_HISTORY))
     progress: deque[float] = field(default_factory=lambda: deque(maxlen=MAX_HISTORY))
     total: int = 0  # samples ever seen (the deques forget the oldest)
+    # (total, stacked values): a tick reads the stack for its model window and again for the
+    # shadow's level ratio; restacking up to MAX_HISTORY rows each time is wasted work
+    _stacked: tuple[int, np.ndarray] | None = field(default=None, repr=False)
 
     def extend(self, samples: Iterable[TelemetrySample]) -> None:
         for s in samples:
@@ -51,7 +54,12 @@ class Series:
         return len(self.ts)
 
     def array(self) -> np.ndarray:
-        return np.stack(self.values) if self.values else np.zeros((0, len(RESOURCES)))
+        """(T, R) the values, oldest first; read-only, rebuilt only after new samples."""
+        if self._stacked is None or self._stacked[0] != self.total:
+            arr = np.stack(self.values) if self.values else np.zeros((0, len(RESOURCES)))
+            arr.setflags(write=False)
+            self._stacked = (self.total, arr)
+        return self._stacked[1]
 
     def nearest(self, ts: float) -> tuple[float, np.ndarray] | None:
         if not self.ts:
