@@ -41,7 +41,7 @@ class Series:
     total: int = 0  # samples ever seen (the deques forget the oldest)
     # (total, stacked values): a tick reads the stack for its model window and again for the
     # shadow's level ratio; restacking up to MAX_HISTORY rows each time is wasted work
-    _stacked: tuple[int, np.ndarray] | None = field(default=None, repr=False)
+    _stacked: tuple[int, np.ndarray] | None = field(default=None, init=False, repr=False)
 
     def extend(self, samples: Iterable[TelemetrySample]) -> None:
         for s in samples:

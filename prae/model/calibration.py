@@ -38,7 +38,6 @@ baseline's, cpu / mem / disk / net): one window of 200: 0.809 / 0.854 / 0.843 / 
 0.835 / 0.831 / 0.926; 40: 0.786 / 0.839 / 0.830 / 0.927. q0.9 coverage does not move
 (its window stays 200). The held-out figures are in the model card.
 
-
 ``CalibrationBank`` holds many workloads as arrays (vectorised; the backtest uses it for
 hundreds of series); ``ConformalCalibrator`` is the same code for one workload.
 """
@@ -76,7 +75,7 @@ def level_windows(
 class CalibrationBank:
     """Calibration state of ``n_series`` workloads.
 
-    Arrays (S = series, R = resources, Q = quantiles, A = adjusted levels):
+    Arrays (S = series, R = resources, Q = quantiles):
         rings (S, R, levels, W) of normalised residuals, one per distinct window length W
         (NaN = empty)
         tau_eff (S, R, Q) adaptive levels; level (S, R) running mean |y|
