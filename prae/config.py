@@ -136,6 +136,11 @@ class RetrainSpec:
 class AllocatorSpec:
     enabled: bool = True  # False = observe-only: forecast and record, reserve nothing
     reserve_quantile: float = 0.9
+    # Share of workload-steps allowed short. Set: each workload's amount is its level under
+    # one pooled price (prae.policy.violation_budget.PooledBudget, the policy `prae backtest`
+    # scores), so steady workloads are held tightly and spiky ones take the budget; None:
+    # every workload at reserve_quantile.
+    violation_budget: float | None = None
     min_confidence_for_pg: float = 0.3
     hysteresis: float = 0.25  # relative change needed before a reservation is resized
     max_pending_pgs: int = 2
@@ -495,6 +500,7 @@ def parse_config(data: Any, source: str = "<config>") -> PraeConfig:
     allocator = AllocatorSpec(
         enabled=a_r.boolean("enabled", True),
         reserve_quantile=float(rq or 0.9),
+        violation_budget=a_r.number("violation_budget", None, minimum=0, exclusive_min=True, maximum=0.5),
         min_confidence_for_pg=float(a_r.number("min_confidence_for_pg", 0.3, minimum=0, maximum=1) or 0.0),
         hysteresis=float(a_r.number("hysteresis", 0.25, minimum=0, maximum=10) or 0.0),
         max_pending_pgs=int(a_r.number("max_pending_pgs", 2, minimum=1, integer=True) or 2),

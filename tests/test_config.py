@@ -83,6 +83,8 @@ def test_resize_limits_and_task_unit_are_read():
         ({**minimal(), "run": {"horizon_steps": 1.5}}, "run.horizon_steps", "whole number"),
         ({**minimal(), "allocator": {"reserve_quantile": 0.8}}, "allocator.reserve_quantile", "forecast quantile"),
         ({**minimal(), "allocator": {"enabled": "yes"}}, "allocator.enabled", "true or false"),
+        ({**minimal(), "allocator": {"violation_budget": 0}}, "allocator.violation_budget", "> 0"),
+        ({**minimal(), "allocator": {"violation_budget": 0.9}}, "allocator.violation_budget", "<= 0.5"),
         ({**minimal(), "allocator": {"peak_hold_s": -5}}, "allocator.peak_hold_s", ">= 0"),
         ({**minimal(), "allocator": {"max_shrinks_per_hour": "few"}}, "allocator.max_shrinks_per_hour", "number"),
         (minimal(profile={"unit_cpu": 0}), "workloads[0].profile.unit_cpu", "> 0"),

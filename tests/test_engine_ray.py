@@ -155,7 +155,8 @@ def test_summary_counts_only_this_runs_forecasts(local_ray, tmp_path):
 
 def test_a_history_shadow_plays_the_previous_run(local_ray, tmp_path):
     """``shadow: {mode: simulate, source: history}``: the first run has no previous one,
-    so no shadow (and says so); the second run's shadow plays the first run's live curve."""
+    so no shadow (and says so); the second run's shadow plays the first run's live curve.
+    The allocator runs on a violation budget here: the live path of the backtest's policy."""
     cfg = parse_config(
         {
             "run": {
@@ -167,7 +168,7 @@ def test_a_history_shadow_plays_the_previous_run(local_ray, tmp_path):
                 "duration_s": 120,
             },
             "retrain": {"enabled": False},
-            "allocator": {"cpu_budget": 2},
+            "allocator": {"cpu_budget": 2, "violation_budget": 0.05},
             "workloads": [
                 {
                     "name": "tr",
@@ -182,6 +183,7 @@ def test_a_history_shadow_plays_the_previous_run(local_ray, tmp_path):
     )
     first = run(cfg)
     assert first.workloads[0].exit_code == 0
+    assert first.workloads[0].reservations >= 1 and first.workloads[0].reserved_cpu > 0
     assert "no complete live run of 'tr'" in (first.workloads[0].shadow_error or "")
     tel = ds.dataset(tmp_path / "store" / "telemetry", format="parquet", partitioning="hive").to_table()
     assert set(tel.column("role").to_pylist()) == {"live"}

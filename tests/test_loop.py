@@ -212,6 +212,34 @@ def test_duration_stops_early_and_releases(tmp_path):
     assert not math.isnan(loop.store.read("telemetry").column("cpu").to_pylist()[0])
 
 
+def test_violation_budget_sets_each_workloads_amount(tmp_path):
+    """allocator.violation_budget replaces the fixed reserve quantile by the pooled
+    budget's level per workload (the backtest's policy): a 1 % budget reserves at least
+    the q0.9 amount and mostly more; a 30 % budget at most that and often less (where the
+    calibrated q0.9 has come down to the median there is nothing to save). The forecasts
+    are the same in the three runs, only the amounts differ."""
+
+    def amounts(sub, **alloc):
+        loop, clock, *_ = build(tmp_path / sub, **alloc)
+        seen = []
+        plan = loop.planner.plan
+
+        def spy(forecasts, now, held):
+            seen.extend((f.workload, f.cpu_reserve_q, f.mem_reserve_q) for f in forecasts)
+            return plan(forecasts, now, held=held)
+
+        loop.planner.plan = spy
+        run_loop(loop, clock)
+        return np.array([[c, m] for _, c, m in seen]), [w for w, _, _ in seen]
+
+    q90, names = amounts("q90")
+    tight, names_tight = amounts("tight", violation_budget=0.01)
+    loose, names_loose = amounts("loose", violation_budget=0.3)
+    assert names == names_tight == names_loose and len(names) > 20
+    assert (tight >= q90 - 1e-9).all() and (tight[:, 0] > q90[:, 0] + 1e-9).mean() > 0.5
+    assert (loose <= q90 + 1e-9).all() and (loose[:, 0] < q90[:, 0] - 1e-9).mean() > 0.3
+
+
 def test_profile_and_allocator_settings_reach_the_planner(tmp_path):
     """A tasks job reserves in bundles of its task size; the config's resize limits and peak
     hold are the planner's, so the live engine behaves like the simulator that tuned them."""

@@ -32,6 +32,7 @@ from prae.policy.requests import (
     WorkloadPolicy,
 )
 from prae.policy.resizes import ResizeLimits
+from prae.policy.violation_budget import PooledBudget
 from prae.resources import QUANTILES, RESOURCES
 from prae.store.feedback import FeedbackStore
 from prae.telemetry.sample import TelemetrySample
@@ -40,6 +41,7 @@ from prae.workloads.kinds import PARAMS
 log = logging.getLogger(__name__)
 
 CPU, MEM = RESOURCES.index("cpu"), RESOURCES.index("mem")
+ALLOCATED = (CPU, MEM)  # the resources reservations are made of
 
 
 # ----------------------------------------------------------------------------- ports
@@ -139,6 +141,9 @@ class EngineLoop:
         self.planner = ReservationPlanner(
             a, self.policies, ResizeLimits(a.max_shrinks_per_hour, a.min_hold_s, a.peak_hold_s)
         )
+        # One price per allocated resource carried from tick to tick (None: reserve_quantile).
+        self.budget = PooledBudget(a.violation_budget) if a.violation_budget else None
+        self.budget_state = self.budget.initial_state(len(ALLOCATED)) if self.budget else None
         self.held: dict[str, tuple[float, float]] = {}
         self.swaps: list[SwapEvent] = []
         self.model_version = ""
@@ -199,7 +204,7 @@ class EngineLoop:
         self.model_version = batch.version if batch.source == "model" else self.model_version
         h = min(run.horizon_steps, batch.quantiles.shape[1]) - 1
         lead_s = (h + 1) * run.interval_s
-        forecasts = []
+        all_steps = []
         for i, tr in enumerate(running):
             raw_steps = np.asarray(batch.quantiles[i, : h + 1], dtype=float)  # (h+1, R, Q)
             cal_steps = tr.calibrator.adjust(raw_steps)
@@ -212,24 +217,59 @@ class EngineLoop:
                     issued_at, issued_at + lead_s, cal, raw, batch.source, batch.version, windows[i][2], candidates
                 )
             )
-            forecasts.append(
-                self._workload_forecast(tr, cal_steps, issued_at, lead_s, windows[i][2], batch.source != "model")
+            all_steps.append(cal_steps)
+        amounts = self._budget_amounts(all_steps)
+        forecasts = [
+            self._workload_forecast(
+                tr,
+                all_steps[i],
+                tr.live.ts[-1],
+                lead_s,
+                windows[i][2],
+                batch.source != "model",
+                None if amounts is None else amounts[i],
             )
+            for i, tr in enumerate(running)
+        ]
         requests = self.planner.plan(forecasts, now, held=self.held)
         self.held = dict(self.allocator.apply(requests, now))
 
+    def _budget_amounts(self, q_steps: Sequence[np.ndarray]) -> np.ndarray | None:
+        """(S, 2) cpu and mem to reserve for each running workload under the violation
+        budget, or None without one. q_steps: per workload (h+1, R, Q) calibrated.
+
+        Each workload's quantiles are their peaks over the steps up to the lead (so, as
+        with reserve_quantile, no step before the lead is let go); ``PooledBudget`` picks
+        one level per workload at the price carried from earlier ticks -- the code the
+        backtest's allocation and the cluster simulator's ``prae_budget`` run.
+        """
+        if self.budget is None or self.budget_state is None:
+            return None
+        peaks = np.stack([np.asarray(q).max(axis=0) for q in q_steps])  # (S, R, Q), monotone in Q
+        res, self.budget_state = self.budget.step(peaks[:, list(ALLOCATED)].transpose(1, 0, 2), self.budget_state)
+        return np.asarray(res.alloc).T
+
     def _workload_forecast(
-        self, tr: WorkloadTracker, q_steps: np.ndarray, issued_at: float, lead_s: float, shadow_used: bool, fallback: bool
+        self,
+        tr: WorkloadTracker,
+        q_steps: np.ndarray,
+        issued_at: float,
+        lead_s: float,
+        shadow_used: bool,
+        fallback: bool,
+        amount: np.ndarray | None = None,
     ) -> WorkloadForecast:
         """q_steps: (h+1, R, Q) calibrated quantiles for every step up to the lead.
 
         The interval is the one at the lead; the amount to reserve is the peak of the reserve
         quantile over all steps up to it, so a reservation never lets go of a step that
-        comes before the lead.
+        comes before the lead -- or ``amount`` (cpu, mem), the violation budget's choice.
         """
         iq = {lvl: j for j, lvl in enumerate(QUANTILES)}
         rq = iq[self.config.allocator.reserve_quantile]
         q = q_steps[-1]
+        if amount is None:
+            amount = np.array([q_steps[:, CPU, rq].max(), q_steps[:, MEM, rq].max()])
         now_vals = tr.live.values[-1]
 
         def interval(r: int) -> Interval:
@@ -241,8 +281,8 @@ class EngineLoop:
             lead_s=lead_s,
             cpu=interval(CPU),
             mem=interval(MEM),
-            cpu_reserve_q=float(q_steps[:, CPU, rq].max()),
-            mem_reserve_q=float(q_steps[:, MEM, rq].max()),
+            cpu_reserve_q=float(amount[0]),
+            mem_reserve_q=float(amount[1]),
             cpu_now=float(now_vals[CPU]),
             mem_now=float(now_vals[MEM]),
             shadow_used=shadow_used,
