@@ -183,7 +183,7 @@ def test_a_history_shadow_plays_the_previous_run(local_ray, tmp_path):
     )
     first = run(cfg)
     assert first.workloads[0].exit_code == 0
-    assert first.workloads[0].reservations >= 1 and first.workloads[0].reserved_cpu > 0
+    assert first.workloads[0].forecasts >= 1  # ticks that forecast went through the budget
     assert "no complete live run of 'tr'" in (first.workloads[0].shadow_error or "")
     tel = ds.dataset(tmp_path / "store" / "telemetry", format="parquet", partitioning="hive").to_table()
     assert set(tel.column("role").to_pylist()) == {"live"}
