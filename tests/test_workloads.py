@@ -483,26 +483,19 @@ def test_history_simulation_plays_the_previous_run(tmp_path) -> None:
     assert max(x.disk for x in seen if x.progress > 0.85) > 0
 
 
-def test_a_simulated_shadow_of_a_command_plays_its_profile_not_the_command(tmp_path) -> None:
+@pytest.mark.parametrize(
+    ("kind", "entrypoint"),
+    [("command", "sh -c 'exit 7'"), ("python", "prae_test_jobs:crash_if_shadow")],
+)
+def test_a_simulated_shadow_plays_its_profile_not_the_users_code(
+    tmp_path, user_module, kind: str, entrypoint: str
+) -> None:
+    """The user's command or function would fail in a shadow; a simulated shadow plays
+    the profile instead and never runs it."""
     profile = Profile(phases=(Phase("only", 1.0, cpu=0.2, mem=30 * 1024**2),))
     s = spec(
-        "command",
-        entrypoint="sh -c 'exit 7'",
-        shadow=ShadowSpec(mode="simulate"),
-        profile=profile,
-        params={"simulate_s": 1.0},
-    )
-    wp = WorkloadProcess(s, "shadow", tmp_path)
-    run_to_end(wp, interval_s=0.1)
-    assert wp.exit_code() == 0, wp.error()
-    assert wp.result()["simulated"] == "profile"
-
-
-def test_a_simulated_shadow_of_a_python_workload_plays_its_profile(tmp_path, user_module) -> None:
-    profile = Profile(phases=(Phase("only", 1.0, cpu=0.2, mem=30 * 1024**2),))
-    s = spec(
-        "python",
-        entrypoint="prae_test_jobs:crash_if_shadow",
+        kind,
+        entrypoint=entrypoint,
         shadow=ShadowSpec(mode="simulate"),
         profile=profile,
         params={"simulate_s": 1.0},
