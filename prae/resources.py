@@ -4,6 +4,10 @@ from __future__ import annotations
 
 # Order matters: arrays of shape (..., R) use this order on their last resource axis.
 RESOURCES: tuple[str, ...] = ("cpu", "mem", "disk", "net")
+CPU, MEM = RESOURCES.index("cpu"), RESOURCES.index("mem")
+# The resources reservations are made of (placement-group bundles, autoscaler requests);
+# disk and network are forecast but not reserved.
+ALLOCATED: tuple[int, ...] = (CPU, MEM)
 
 UNITS: dict[str, str] = {
     "cpu": "cores",  # CPU-seconds per second over the process tree

@@ -33,15 +33,13 @@ from prae.policy.requests import (
 )
 from prae.policy.resizes import ResizeLimits
 from prae.policy.violation_budget import PooledBudget
-from prae.resources import QUANTILES, RESOURCES
+from prae.resources import ALLOCATED, CPU, MEM, QUANTILES
 from prae.store.feedback import FeedbackStore
 from prae.telemetry.sample import TelemetrySample
 from prae.workloads.kinds import PARAMS
 
 log = logging.getLogger(__name__)
 
-CPU, MEM = RESOURCES.index("cpu"), RESOURCES.index("mem")
-ALLOCATED = (CPU, MEM)  # the resources reservations are made of
 
 
 # ----------------------------------------------------------------------------- ports
@@ -204,7 +202,7 @@ class EngineLoop:
         self.model_version = batch.version if batch.source == "model" else self.model_version
         h = min(run.horizon_steps, batch.quantiles.shape[1]) - 1
         lead_s = (h + 1) * run.interval_s
-        all_steps = []
+        all_steps, issued = [], []
         for i, tr in enumerate(running):
             raw_steps = np.asarray(batch.quantiles[i, : h + 1], dtype=float)  # (h+1, R, Q)
             cal_steps = tr.calibrator.adjust(raw_steps)
@@ -218,12 +216,13 @@ class EngineLoop:
                 )
             )
             all_steps.append(cal_steps)
+            issued.append(issued_at)
         amounts = self._budget_amounts(all_steps)
         forecasts = [
             self._workload_forecast(
                 tr,
                 all_steps[i],
-                tr.live.ts[-1],
+                issued[i],
                 lead_s,
                 windows[i][2],
                 batch.source != "model",

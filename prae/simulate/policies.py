@@ -42,10 +42,8 @@ from prae.policy.requests import (
     WorkloadPolicy,
 )
 from prae.policy.resizes import ResizeLimits
-from prae.resources import QUANTILES, RESOURCES
+from prae.resources import ALLOCATED, CPU, MEM, QUANTILES, RESOURCES
 
-CPU, MEM = RESOURCES.index("cpu"), RESOURCES.index("mem")
-ALLOCATED = (CPU, MEM)
 BASELINE_NAMES = {"last_value": "reactive"}  # what the report calls them
 
 
