@@ -17,6 +17,7 @@ import pytest
 from prae.config import Phase, Profile, ShadowSpec, WorkloadSpec, parse_config
 from prae.errors import ConfigError, WorkloadError
 from prae.telemetry.sample import TelemetrySample
+from prae.workloads import forkserver
 from prae.workloads.process import WorkloadProcess
 from prae.workloads.sandbox import landlock_abi
 
@@ -488,10 +489,11 @@ def test_history_simulation_plays_the_previous_run(tmp_path) -> None:
     [("command", "sh -c 'exit 7'"), ("python", "prae_test_jobs:crash_if_shadow")],
 )
 def test_a_simulated_shadow_plays_its_profile_not_the_users_code(
-    tmp_path, user_module, kind: str, entrypoint: str
+    tmp_path, user_module, kind: str, entrypoint: str, fork_env
 ) -> None:
     """The user's command or function would fail in a shadow; a simulated shadow plays
-    the profile instead and never runs it."""
+    the profile instead and never runs it (forked from the fork server that imports only
+    the curve player)."""
     profile = Profile(phases=(Phase("only", 1.0, cpu=0.2, mem=30 * 1024**2),))
     s = spec(
         kind,
@@ -500,10 +502,11 @@ def test_a_simulated_shadow_plays_its_profile_not_the_users_code(
         profile=profile,
         params={"simulate_s": 1.0},
     )
-    wp = WorkloadProcess(s, "shadow", tmp_path)
+    wp = WorkloadProcess(s, "shadow", tmp_path, env=fork_env)
     run_to_end(wp, interval_s=0.1)
     assert wp.exit_code() == 0, wp.error()
     assert wp.result()["simulated"] == "profile"
+    assert wp.forked and [p.name.split("-")[0] for p in _sockets(fork_env)] == ["curve"]
 
 
 def test_a_history_shadow_needs_mode_simulate() -> None:
@@ -639,3 +642,146 @@ def test_progress_estimate_moves_the_last_report_on_by_one_step_at_most() -> Non
     assert est.at(Progress(0.5, "", 1.0), 1.9) == pytest.approx(0.86)
     assert est.at(Progress(0.6, "", 2.0), 2.0) == pytest.approx(0.86)  # not back to 0.6
     assert est.at(Progress(0.2, "", 3.0), 3.0) == pytest.approx(0.2)  # the workload went back itself
+
+
+# ----------------------------------------------------------------------------- fork server
+
+
+@pytest.fixture
+def fork_env(tmp_path_factory) -> dict[str, str]:
+    """A fork-server directory of the test's own, and servers that exit 2 s after their
+    last shadow (so none outlives the test session)."""
+    return {
+        forkserver.DIR_ENV: str(tmp_path_factory.mktemp("forkserver")),
+        forkserver.IDLE_ENV: "2",
+    }
+
+
+def _sockets(env: dict[str, str]) -> list[Path]:
+    return sorted(Path(env[forkserver.DIR_ENV]).glob("*.sock"))
+
+
+def test_forked_shadows_pay_the_imports_once_and_run_as_fresh_ones_do(tmp_path, fork_env) -> None:
+    s = spec("train", shadow=ShadowSpec(mode="sample", fraction=0.1))
+    first, second = (WorkloadProcess(s, "shadow", tmp_path / f"s{i}", env=fork_env) for i in (1, 2))
+    samples = [run_to_end(wp, interval_s=0.05) for wp in (first, second)]
+    for wp, got in zip((first, second), samples, strict=True):
+        assert wp.forked and wp.exit_code() == 0, wp.error()
+        assert wp.result()["samples"] < SMALL["train"]["samples"]  # the shadow's sample
+        assert_uses(got, ("cpu", "mem"))
+        assert got[-1].progress == 1.0
+        if landlock_abi() >= 1:
+            assert wp.meta()["sandbox"].startswith("landlock")
+    # The first shadow is charged the server's `import torch` (seconds of CPU on any machine);
+    # the second is charged only what the server did since: both sum to the server's CPU.
+    charge = [wp._popen.charge_cpu_s for wp in (first, second)]
+    assert charge[0] > 0.5 and charge[1] < 0.2 * charge[0], charge
+    assert first.cost_cpu_seconds > charge[0] and second.cost_cpu_seconds > charge[1]
+    assert len(_sockets(fork_env)) == 1  # one server for both
+    deadline = time.monotonic() + 15.0
+    while _sockets(fork_env) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _sockets(fork_env), "the idle fork server did not exit"
+
+
+LONG_REPLAY = {**SMALL["replay"], "steps": 60, "step_s": 1.0}
+
+
+def test_stopping_a_forked_shadow_ends_its_process_group(tmp_path, fork_env) -> None:
+    s = spec("replay", params=LONG_REPLAY, shadow=ShadowSpec(mode="sample", fraction=0.5))
+    wp = WorkloadProcess(s, "shadow", tmp_path / "shadow", env=fork_env)
+    wp.start()
+    try:
+        time.sleep(1.5)
+        assert wp.forked and wp.exit_code() is None
+        pids = wp._tree_pids()  # the player, and its CPU burners once it has started them
+        assert wp.pid in pids
+    finally:
+        wp.stop(grace_s=1.0)
+    assert wp.exit_code() in (128 + 15, 128 + 9)
+    assert not [p for p in pids if os.path.exists(f"/proc/{p}")]
+
+
+def test_a_forked_shadow_dies_with_the_process_that_watched_it(tmp_path, fork_env) -> None:
+    """A host that dies without stopping its shadow (a killed Ray actor) leaves no shadow."""
+    script = textwrap.dedent(
+        f"""
+        import sys, time
+        from prae.config import ShadowSpec, WorkloadSpec
+        from prae.workloads.process import WorkloadProcess
+        s = WorkloadSpec(name="orphan", kind="replay", params={LONG_REPLAY!r},
+                         shadow=ShadowSpec(mode="sample", fraction=0.5))
+        wp = WorkloadProcess(s, "shadow", {str(tmp_path / "shadow")!r}, env={fork_env!r})
+        wp.start()
+        print(wp.pid, wp.forked, flush=True)
+        time.sleep(120)
+        """
+    )
+    import subprocess
+
+    host = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        pid, forked = host.stdout.readline().split()
+        assert forked == "True"
+        assert os.path.exists(f"/proc/{pid}")
+    finally:
+        host.kill()
+        host.wait()
+    deadline = time.monotonic() + 10.0
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not os.path.exists(f"/proc/{pid}"), "the shadow outlived its host"
+
+
+def test_shadow_starts_fresh_where_the_fork_server_cannot_run(tmp_path, caplog) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    env = {forkserver.DIR_ENV: str(blocker / "sub")}  # cannot be made: a file is in the way
+    s = spec("etl", shadow=ShadowSpec(mode="sample", fraction=0.1))
+    wp = WorkloadProcess(s, "shadow", tmp_path / "shadow", env=env)
+    run_to_end(wp)
+    assert wp.exit_code() == 0, wp.error()
+    assert not wp.forked
+    assert "starts as a fresh process" in caplog.text and forkserver.ENABLE_ENV in caplog.text
+    too_long = {forkserver.DIR_ENV: str(tmp_path / ("d" * 120))}  # no Unix socket there
+    long_dir = WorkloadProcess(s, "shadow", tmp_path / "long", env=too_long)
+    run_to_end(long_dir)
+    assert long_dir.exit_code() == 0 and not long_dir.forked
+    assert f"set {forkserver.DIR_ENV} shorter" in caplog.text
+    off = WorkloadProcess(s, "shadow", tmp_path / "off", env={forkserver.ENABLE_ENV: "0"})
+    run_to_end(off)
+    assert off.exit_code() == 0 and not off.forked
+
+
+def test_a_forked_shadow_dies_with_its_fork_server(tmp_path, fork_env) -> None:
+    """The server is the shadow's parent: if it dies, nothing can report the shadow's exit,
+    so the shadow is ended, and shows as exited (-1) rather than running on unwatched."""
+    import signal
+
+    from prae.telemetry.process_tree import read_stat
+
+    s = spec("replay", params=LONG_REPLAY, shadow=ShadowSpec(mode="sample", fraction=0.5))
+    wp = WorkloadProcess(s, "shadow", tmp_path / "shadow", env=fork_env)
+    wp.start()
+    try:
+        server = read_stat(wp.pid).ppid
+        assert wp.forked and server != os.getpid()
+        os.kill(server, signal.SIGKILL)  # the server this test's shadow started
+        deadline = time.monotonic() + 10.0
+        while wp.exit_code() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert wp.exit_code() == -1
+        deadline = time.monotonic() + 5.0
+        while _running(wp.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _running(wp.pid)  # an orphan's zombie waits for whoever adopted it
+    finally:
+        wp.stop(grace_s=0.5)
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return False

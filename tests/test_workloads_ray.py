@@ -23,6 +23,7 @@ import ray  # noqa: E402
 
 from prae.config import ShadowSpec, WorkloadSpec  # noqa: E402
 from prae.resources import RESOURCES  # noqa: E402
+from prae.workloads import forkserver  # noqa: E402
 from prae.workloads.process import WorkloadProcess  # noqa: E402
 
 pytestmark = pytest.mark.ray
@@ -91,8 +92,15 @@ def local_ray(tmp_path_factory):
 class Host:
     """Like the engine's WorkloadHost: a WorkloadProcess sampled from a thread."""
 
-    def __init__(self, spec: WorkloadSpec, role: str, workdir: str, interval_s: float) -> None:
-        self.proc = WorkloadProcess(spec, role, workdir)  # type: ignore[arg-type]
+    def __init__(
+        self,
+        spec: WorkloadSpec,
+        role: str,
+        workdir: str,
+        interval_s: float,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.proc = WorkloadProcess(spec, role, workdir, env=env)  # type: ignore[arg-type]
         self.interval_s = interval_s
         self.samples: list[Any] = []
         self.cmdlines: dict[int, str] = {}  # every process a sample counted
@@ -129,22 +137,30 @@ class Host:
             "result": self.proc.result(),
             "error": self.proc.error(),
             "cost": self.proc.cost_cpu_seconds,
+            "forked": self.proc.forked,
+            "charge": getattr(self.proc._popen, "charge_cpu_s", None),
             "cmdlines": list(self.cmdlines.values()),
         }
 
 
 def run_in_actor(
-    spec: WorkloadSpec, role: str, workdir: str, timeout_s: float = 120.0
+    spec: WorkloadSpec,
+    role: str,
+    workdir: str,
+    timeout_s: float = 120.0,
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    return run_in_actors([(spec, role, workdir)], timeout_s)[0]
+    return run_in_actors([(spec, role, workdir)], timeout_s, env)[0]
 
 
 def run_in_actors(
-    jobs: list[tuple[WorkloadSpec, str, str]], timeout_s: float = 120.0
+    jobs: list[tuple[WorkloadSpec, str, str]],
+    timeout_s: float = 120.0,
+    env: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """One actor per job, all at once (they mostly wait on imports: running them together
     keeps this module's wall time down)."""
-    hosts = [Host.remote(spec, role, workdir, 0.25) for spec, role, workdir in jobs]
+    hosts = [Host.remote(spec, role, workdir, 0.25, env) for spec, role, workdir in jobs]
     try:
         ray.get([h.start.remote() for h in hosts], timeout=60)
         return ray.get([h.wait.remote(timeout_s) for h in hosts], timeout=timeout_s + 30)
@@ -197,6 +213,25 @@ def test_tasks_job_runs_its_stages_as_ray_tasks(builtin_runs) -> None:
     # the stage plan is in the progress: stage0 before stage1
     phases = [p for p in out["phases"] if p]
     assert phases.index("stage0") < phases.index("stage1")
+
+
+def test_shadows_in_actors_fork_from_a_server_that_outlives_them(local_ray, tmp_path) -> None:
+    """The first shadow's actor starts the node's fork server and is killed; the server is
+    not its child, so Ray's clean-up of the actor's children leaves it, and the next
+    shadow on the node is forked without paying `import torch` again."""
+    env = {forkserver.DIR_ENV: str(tmp_path / "fs"), forkserver.IDLE_ENV: "5"}
+    spec = WorkloadSpec(
+        name="r-fork",
+        kind="train",
+        params=SMALL["train"],
+        shadow=ShadowSpec(mode="sample", fraction=0.5),
+    )
+    first = run_in_actor(spec, "shadow", str(tmp_path / "a"), env=env)
+    second = run_in_actor(spec, "shadow", str(tmp_path / "b"), env=env)
+    for out in (first, second):
+        check_uses(out, "train")
+        assert out["forked"]
+    assert first["charge"] > 0.5 and second["charge"] < 0.2 * first["charge"]
 
 
 @pytest.fixture(scope="module")

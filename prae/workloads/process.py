@@ -39,6 +39,7 @@ from prae.config import WorkloadSpec
 from prae.errors import WorkloadError
 from prae.telemetry.process_tree import TAG_ENV, ProcessTreeSampler, children_of, read_stat
 from prae.telemetry.sample import TelemetrySample
+from prae.workloads import forkserver
 from prae.workloads.context import tag_ray_job_env
 from prae.workloads.kinds import check_spec, command_argv
 from prae.workloads.progress import ProgressEstimate, read_progress
@@ -55,6 +56,8 @@ DEFAULT_SHADOW_NICE = 5
 # WorkloadProcess (bench/). A value already in the environment wins. Unset, a 0.5-CPU
 # shadow started one OpenBLAS thread per host core in each of its Python processes.
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+# How long stop() waits for the fork server to report a killed shadow's exit.
+FORKED_REAP_TIMEOUT_S = 10.0
 # Where a shadow may write besides its own directory: device files (/dev/null, /dev/shm).
 SHADOW_WRITABLE_DEFAULT = ("/dev",)
 
@@ -125,23 +128,11 @@ class WorkloadProcess:
             if self.spec.kind == "command":
                 launch["argv"] = command_argv(self.spec)
             (self.meta_dir / "launch.json").write_text(json.dumps(launch, default=str))
-            import subprocess
-
-            with (
-                open(self.meta_dir / "stdout.log", "ab") as out,
-                open(self.meta_dir / "stderr.log", "ab") as err,
-            ):
-                started = time.time()
-                self._popen = subprocess.Popen(
-                    [sys.executable, "-m", "prae.workloads.launch", str(self.workdir)],
-                    cwd=self.workdir,
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=err,
-                    start_new_session=True,  # own session and process group: stop() ends all of it
-                    close_fds=True,
-                )
+            started = time.time()
+            preload = forkserver.preload_for(self.spec, self.role, env)
+            self._popen = None if preload is None else self._fork(preload, env)
+            if self._popen is None:
+                self._popen = self._spawn(env)
             self._started_at = started
             self._last_ts = started
             self._sampler = ProcessTreeSampler(self._popen.pid, start_ts=started, tag=self.tag)
@@ -150,6 +141,43 @@ class WorkloadProcess:
                 self._watchdog = threading.Timer(timeout, self._on_timeout)
                 self._watchdog.daemon = True
                 self._watchdog.start()
+
+    def _fork(self, preload: str, env: dict[str, str]) -> forkserver.ForkedChild | None:
+        """The shadow forked from the node's fork server; None (a fresh process) if it fails."""
+        try:
+            return forkserver.spawn(
+                preload,
+                self.workdir,
+                env,
+                self.meta_dir / "stdout.log",
+                self.meta_dir / "stderr.log",
+            )
+        except (forkserver.ForkServerError, OSError, ValueError) as exc:
+            log.warning(
+                "shadow of '%s' starts as a fresh process: %s (%s=0 skips the fork server)",
+                self.spec.name,
+                exc,
+                forkserver.ENABLE_ENV,
+            )
+            return None
+
+    def _spawn(self, env: dict[str, str]) -> Any:
+        import subprocess
+
+        with (
+            open(self.meta_dir / "stdout.log", "ab") as out,
+            open(self.meta_dir / "stderr.log", "ab") as err,
+        ):
+            return subprocess.Popen(
+                [sys.executable, "-m", "prae.workloads.launch", str(self.workdir)],
+                cwd=self.workdir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,  # own session and process group: stop() ends all of it
+                close_fds=True,
+            )
 
     def _child_env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -231,6 +259,11 @@ class WorkloadProcess:
     def pid(self) -> int | None:
         return None if self._popen is None else self._popen.pid
 
+    @property
+    def forked(self) -> bool:
+        """Whether this role was forked from the node's fork server (see ``forkserver``)."""
+        return isinstance(self._popen, forkserver.ForkedChild)
+
     def exit_code(self) -> int | None:
         """None while running; the exit code, or 128+N when killed by signal N."""
         with self._lock:
@@ -239,6 +272,9 @@ class WorkloadProcess:
 
     def _reap(self, block: bool) -> None:
         if self._popen is None or self._code is not None:
+            return
+        if isinstance(self._popen, forkserver.ForkedChild):
+            self._reap_forked(self._popen, block)
             return
         try:
             pid, status, usage = os.wait4(self._popen.pid, 0 if block else os.WNOHANG)
@@ -254,6 +290,21 @@ class WorkloadProcess:
             self._sampler.finish(
                 usage.ru_utime + usage.ru_stime, (usage.ru_inblock + usage.ru_oublock) * 512.0
             )
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+
+    def _reap_forked(self, child: forkserver.ForkedChild, block: bool) -> None:
+        """The exit the fork server reports (it is the child's parent, not us)."""
+        done = child.poll(FORKED_REAP_TIMEOUT_S if block else 0.0)
+        if done is None:
+            if not block:
+                return
+            child.close()  # the server kills what is left of it
+            done = forkserver.ForkedExit(-1, None, None)
+        self._code = done.code
+        child.returncode = done.code
+        if self._sampler is not None and done.cpu_s is not None:
+            self._sampler.finish(done.cpu_s, done.io_bytes)
         if self._watchdog is not None:
             self._watchdog.cancel()
 
@@ -327,8 +378,15 @@ class WorkloadProcess:
 
     @property
     def cost_cpu_seconds(self) -> float:
-        """CPU-seconds the tree (tagged Ray workers included) used up to the last sample."""
-        return 0.0 if self._sampler is None else self._sampler.cpu_seconds
+        """CPU-seconds the tree (tagged Ray workers included) used up to the last sample,
+        plus, for a forked shadow, the fork server's CPU since its previous fork (its imports
+        for the first shadow of a kind on the node)."""
+        if self._sampler is None:
+            return 0.0
+        charge = (
+            self._popen.charge_cpu_s if isinstance(self._popen, forkserver.ForkedChild) else 0.0
+        )
+        return self._sampler.cpu_seconds + charge
 
     @property
     def cost_mem_byte_seconds(self) -> float:

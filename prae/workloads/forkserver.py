@@ -1,0 +1,461 @@
+"""Start shadows of built-in workloads by forking a process that has already imported them.
+
+Why: a shadow runs a 5 % sample, but every fresh interpreter pays the imports in full --
+``import torch`` alone is ~2.4 CPU-s on this project's 2-core machine, against a train
+shadow's ~0.5 CPU-s of work and a live run of 12-18 CPU-s in ``bench/shadow_ablation.py``.
+A fork server (a "zygote", as Android and multiprocessing's ``forkserver`` call it) pays the
+imports once per node and kind; each shadow is then a ``fork`` (~0.01 CPU-s) that runs
+:func:`prae.workloads.launch.main` as a fresh child would, with its own session, directory,
+environment, stdout/stderr, ``nice`` and Landlock sandbox.
+
+One server per (user, preload, thread settings, code version): ``<dir>/<preload>-<key>.sock``
+(a preload is a kind, or ``curve`` for the simulate shadows that play a curve),
+``dir`` = ``$PRAE_FORKSERVER_DIR`` or ``/tmp/prae-forkserver-<uid>``. The first client on a
+node starts it (under a file lock); it detaches (double fork, own session), so it outlives the
+Ray worker that started it and serves the next shadows on that node; it exits after
+``$PRAE_FORKSERVER_IDLE_S`` (default 600) seconds without a shadow. The key includes the
+BLAS/OpenMP thread variables (read by the libraries at import) and the size and mtime of every
+``prae`` source file, so a server never runs older code than the client's.
+
+Protocol (one Unix-socket connection per shadow, JSON lines): the client sends
+``{"role_dir", "cwd", "env", "stdout", "stderr"}``; the server forks and answers
+``{"pid", "charge_cpu_s"}``; when the child exits it sends ``{"exit", "cpu_s", "io_bytes"}``
+(``wait4``'s rusage, like a parent's own) and closes. If the client's end closes first (its
+host died), the server kills the child's process group: a shadow never outlives the process
+that watches it.
+
+Cost is charged in full: each shadow is charged the server's own CPU time since the previous
+fork (``charge_cpu_s``), so the first shadow of a kind on a node pays the imports and the sum
+over all shadows is the server's whole CPU time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import prae
+from prae.config import WorkloadSpec
+from prae.errors import WorkloadError
+
+# What a server imports before it forks, by name: the built-ins that run in one Python
+# process tree and import nothing that starts threads or connects anywhere at import
+# (``tasks`` imports Ray), and "curve" for a simulate shadow that plays a resource curve
+# (it needs none of its kind's imports: a curve shadow of ``train`` must not pay torch's).
+PRELOADS = {
+    "etl": "prae.workloads.etl",
+    "train": "prae.workloads.train",
+    "replay": "prae.workloads.replay",
+    "service": "prae.workloads.service",
+    "curve": "prae.workloads.simulate",
+}
+ENABLE_ENV = "PRAE_SHADOW_FORKSERVER"  # "0" starts every shadow as a fresh interpreter
+DIR_ENV = "PRAE_FORKSERVER_DIR"
+IDLE_ENV = "PRAE_FORKSERVER_IDLE_S"
+DEFAULT_IDLE_S = 600.0
+START_TIMEOUT_S = 30.0  # imports (torch) on a busy 2-core machine
+# Read by native libraries when they load, so they must be the server's own.
+IMPORT_TIME_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+# -c rather than -m: ``prae.workloads`` imports this module before -m would run it
+_SERVER_MAIN = "import sys; from prae.workloads.forkserver import main; main(sys.argv)"
+MAX_SOCKET_PATH = 107  # sun_path is 108 bytes with the terminating NUL
+SHADOW_ONLY_ENV = ("TMPDIR", "RAY_JOB_CONFIG_JSON_ENV_VAR")
+
+
+class ForkServerError(WorkloadError):
+    """The fork server could not be started or reached (the caller starts a fresh process)."""
+
+
+def preload_for(spec: WorkloadSpec, role: str, env: Mapping[str, str]) -> str | None:
+    """The server a role is forked from (a ``PRELOADS`` name); None: a fresh process.
+    Only shadows: the live run is the user's own process, started as they would."""
+    if role != "shadow" or env.get(ENABLE_ENV, "1") == "0":
+        return None
+    if spec.shadow_plays_curve:
+        return "curve"
+    return spec.kind if spec.kind in PRELOADS else None
+
+
+def server_dir(env: Mapping[str, str]) -> Path:
+    return Path(env.get(DIR_ENV) or f"/tmp/prae-forkserver-{os.getuid()}")
+
+
+def code_version() -> str:
+    """Size and mtime of every source file of the ``prae`` package, hashed."""
+    root = Path(prae.__file__).resolve().parent
+    h = hashlib.sha256(f"{sys.executable}|{root}".encode())
+    for path in sorted(root.rglob("*.py")):
+        st = path.stat()
+        h.update(f"{path.relative_to(root)}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return h.hexdigest()[:16]
+
+
+def socket_path(preload: str, env: Mapping[str, str]) -> Path:
+    threads = ",".join(env.get(v, "") for v in IMPORT_TIME_ENV)
+    key = hashlib.sha256(f"{threads}|{code_version()}".encode()).hexdigest()[:12]
+    return server_dir(env) / f"{preload}-{key}.sock"
+
+
+# ---------------------------------------------------------------------------- client
+
+
+@dataclass
+class ForkedExit:
+    code: int
+    cpu_s: float | None  # None: the server died, the child's totals are unknown
+    io_bytes: float | None
+
+
+class ForkedChild:
+    """A shadow forked by the server: its pid and the connection its exit arrives on.
+
+    Not our child, so ``wait4`` cannot reap it; :meth:`poll` reads the exit the server
+    reports. Closing the connection before the exit makes the server kill the child.
+    """
+
+    def __init__(self, pid: int, conn: socket.socket, charge_cpu_s: float) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        self.charge_cpu_s = charge_cpu_s
+        self._conn: socket.socket | None = conn
+        self._buf = b""
+
+    def poll(self, timeout_s: float | None = 0.0) -> ForkedExit | None:
+        """The exit, once the server reported it; None while running. ``timeout_s`` None
+        waits as long as it takes. If the server died first, the child's exit can no longer
+        be known: its process group is killed (a shadow never outlives its server) and the
+        exit is -1."""
+        if self._conn is None:
+            return None
+        self._conn.settimeout(timeout_s)
+        try:
+            while b"\n" not in self._buf:
+                data = self._conn.recv(4096)
+                if not data:
+                    return self._lost()
+                self._buf += data
+        except (BlockingIOError, TimeoutError):
+            return None
+        except OSError:
+            return self._lost()
+        self.close()
+        msg = json.loads(self._buf.split(b"\n", 1)[0])
+        return ForkedExit(int(msg["exit"]), float(msg["cpu_s"]), float(msg["io_bytes"]))
+
+    def _lost(self) -> ForkedExit:
+        self.close()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
+        return ForkedExit(-1, None, None)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(OSError):
+                self._conn.close()
+            self._conn = None
+
+
+def spawn(
+    preload: str,
+    role_dir: Path,
+    env: Mapping[str, str],
+    stdout: Path,
+    stderr: Path,
+) -> ForkedChild:
+    """Fork a role from the node's server for ``preload`` (started if need be)."""
+    path = socket_path(preload, env)
+    if len(str(path).encode()) > MAX_SOCKET_PATH:
+        raise ForkServerError(
+            f"socket path {path} is longer than {MAX_SOCKET_PATH} bytes; set {DIR_ENV} shorter"
+        )
+    conn = _connect(path)
+    if conn is None:
+        _start_server(preload, path, env)
+        conn = _connect(path)
+        if conn is None:
+            raise ForkServerError(f"fork server '{preload}' at {path} did not answer")
+    request = {
+        "role_dir": str(role_dir),
+        "cwd": str(role_dir),
+        "env": dict(env),
+        "stdout": str(stdout),
+        "stderr": str(stderr),
+    }
+    try:
+        conn.settimeout(START_TIMEOUT_S)
+        conn.sendall(json.dumps(request).encode() + b"\n")
+        reply = b""
+        while b"\n" not in reply:
+            data = conn.recv(4096)
+            if not data:
+                raise ForkServerError(f"fork server at {path} closed before forking")
+            reply += data
+    except OSError as exc:
+        conn.close()
+        raise ForkServerError(f"fork server at {path}: {exc}") from exc
+    line, rest = reply.split(b"\n", 1)
+    msg = json.loads(line)
+    child = ForkedChild(int(msg["pid"]), conn, float(msg["charge_cpu_s"]))
+    child._buf = rest
+    return child
+
+
+def _connect(path: Path) -> socket.socket | None:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(str(path))
+    except OSError:
+        s.close()
+        return None
+    return s
+
+
+def _start_server(preload: str, path: Path, env: Mapping[str, str]) -> None:
+    """Start the server for ``path`` unless another client just did; waits until it listens."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        probe = _connect(path)
+        if probe is not None:
+            probe.close()
+            return
+        # Not one shadow's own settings: its tag, Ray job config, TMPDIR
+        server_env = {
+            k: v for k, v in env.items() if not k.startswith("PRAE_") and k not in SHADOW_ONLY_ENV
+        }
+        server_env["PYTHONPATH"] = env.get("PYTHONPATH", "")
+        for var in (DIR_ENV, IDLE_ENV):
+            if var in env:
+                server_env[var] = env[var]
+        # The launcher forks the server, prints its pid and exits: the server is nobody's
+        # child, so a Ray worker's exit (which kills its direct children) does not end it.
+        log = path.with_suffix(".log")
+        launcher = subprocess.Popen(
+            [sys.executable, "-c", _SERVER_MAIN, str(path), preload, str(log)],
+            env=server_env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            close_fds=True,
+            start_new_session=True,
+            cwd="/",
+        )
+        out, _ = launcher.communicate(timeout=START_TIMEOUT_S)
+        if launcher.returncode != 0 or not out.strip().isdigit():
+            raise ForkServerError(f"fork server '{preload}' did not start: {_tail(log)}")
+        server_pid = int(out)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            probe = _connect(path)
+            if probe is not None:
+                probe.close()
+                return
+            if not _alive(server_pid):
+                raise ForkServerError(f"fork server '{preload}' exited: {_tail(log)}")
+            time.sleep(0.02)
+    raise ForkServerError(f"fork server '{preload}' did not start within {START_TIMEOUT_S:g} s")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return False
+
+
+def _tail(log: Path) -> str:
+    try:
+        return log.read_text(errors="replace")[-1500:].strip() or "(no output)"
+    except OSError:
+        return "(no log)"
+
+
+# ---------------------------------------------------------------------------- server
+
+
+def _cpu_s() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def serve(path: Path, preload: str, idle_s: float) -> None:
+    import importlib
+
+    from prae.workloads import launch
+
+    importlib.import_module(PRELOADS[preload])  # the point: a shadow's imports, once
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(tmp))
+    listener.listen(64)
+    os.replace(tmp, path)  # published only once it listens
+    my_inode = path.stat().st_ino
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    children: dict[int, socket.socket] = {}
+    charged = 0.0
+    last_active = time.monotonic()
+    while True:
+        watched = [listener, wake_r, *children.values()]
+        ready, _, _ = select.select(watched, [], [], 1.0)
+        if listener in ready:
+            conn, _ = listener.accept()
+            try:
+                conn.settimeout(10.0)
+                request = _read_line(conn)
+                if request is not None:
+                    others = [
+                        listener.fileno(),
+                        wake_r,
+                        wake_w,
+                        *(c.fileno() for c in children.values()),
+                    ]
+                    pid = os.fork()
+                    if pid == 0:
+                        conn.close()
+                        _run_child(launch, request, others)
+                    now = _cpu_s()
+                    conn.sendall(
+                        json.dumps({"pid": pid, "charge_cpu_s": now - charged}).encode() + b"\n"
+                    )
+                    charged = now
+                    conn.settimeout(None)
+                    children[pid] = conn
+                else:
+                    conn.close()
+            except OSError:
+                conn.close()
+        if wake_r in ready:
+            with contextlib.suppress(BlockingIOError):
+                os.read(wake_r, 4096)
+        for pid, conn in list(children.items()):
+            if conn in ready and pid in children and not _peek_open(conn):
+                # the client is gone (its host died or gave up): so is the shadow
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL)
+        _reap(children)
+        if children:
+            last_active = time.monotonic()
+        elif time.monotonic() - last_active > idle_s:
+            with contextlib.suppress(OSError):
+                if path.stat().st_ino == my_inode:  # a newer server may own the name now
+                    path.unlink()
+            return
+
+
+def _reap(children: dict[int, socket.socket]) -> None:
+    while True:
+        try:
+            pid, status, usage = os.wait4(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        code = os.waitstatus_to_exitcode(status)
+        conn = children.pop(pid, None)
+        if conn is None:
+            continue
+        msg = {
+            "exit": 128 - code if code < 0 else code,
+            "cpu_s": usage.ru_utime + usage.ru_stime,
+            "io_bytes": (usage.ru_inblock + usage.ru_oublock) * 512.0,
+        }
+        with contextlib.suppress(OSError):
+            conn.sendall(json.dumps(msg).encode() + b"\n")
+        conn.close()
+
+
+def _read_line(conn: socket.socket) -> dict[str, object] | None:
+    buf = b""
+    while b"\n" not in buf:
+        data = conn.recv(65536)
+        if not data:
+            return None
+        buf += data
+    return json.loads(buf.split(b"\n", 1)[0])
+
+
+def _peek_open(conn: socket.socket) -> bool:
+    """False once the peer closed (a readable socket with nothing to read)."""
+    try:
+        return bool(conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+
+
+def _run_child(launch: object, request: dict[str, object], close: list[int]) -> None:
+    """In the forked child: become what ``python -m prae.workloads.launch <dir>`` would be."""
+    code = 2
+    try:
+        os.setsid()  # own session and process group, as WorkloadProcess gives a fresh child
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        for fd in close:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        for fd, key in ((1, "stdout"), (2, "stderr")):
+            out = os.open(str(request[key]), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            os.dup2(out, fd)
+            os.close(out)
+        os.chdir(str(request["cwd"]))
+        env = request["env"]
+        assert isinstance(env, dict)
+        os.environ.clear()
+        os.environ.update({str(k): str(v) for k, v in env.items()})
+        for entry in reversed(os.environ.get("PYTHONPATH", "").split(os.pathsep)):
+            if entry and entry not in sys.path:
+                sys.path.insert(0, entry)
+        import tempfile
+
+        tempfile.tempdir = None  # TMPDIR is the shadow's own
+        sys.argv = ["prae.workloads.launch", str(request["role_dir"])]
+        try:
+            code = launch.main(sys.argv)  # type: ignore[attr-defined]
+        except SystemExit as stop:
+            code = stop.code if isinstance(stop.code, int) else 1
+    except BaseException:
+        with contextlib.suppress(Exception):
+            sys.stderr.write(traceback.format_exc())
+    launch._exit_now(code)  # type: ignore[attr-defined]
+
+
+def main(argv: list[str]) -> None:
+    """``<socket path> <preload> <log>``: fork the server, print its pid, exit."""
+    path, preload, log = Path(argv[1]), argv[2], argv[3]
+    pid = os.fork()
+    if pid != 0:  # the launcher: the server is re-parented, nobody's child
+        sys.stdout.write(f"{pid}\n")
+        sys.stdout.flush()
+        os._exit(0)
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    for target in (1, 2):
+        os.dup2(fd, target)
+    os.close(fd)
+    idle = float(os.environ.get(IDLE_ENV, DEFAULT_IDLE_S))
+    try:
+        serve(path, preload, idle)
+    except BaseException:
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(1)
+    os._exit(0)
