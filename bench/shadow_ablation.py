@@ -30,6 +30,10 @@
    by more than half its run mean.
    shadow_cost_ratio = shadow CPU-seconds / live CPU-seconds (memory-byte-seconds reported too),
    and per kind a fit of shadow CPU-s = start-up + marginal x live CPU-s (``cost_fit``).
+   Shadows of built-ins are forked, as the engine forks them, from fork servers of this
+   collection's own (``prae.workloads.forkserver``): the first shadow of each kind pays the
+   server's imports, and ``fork_server_cpu_s`` (the servers' CPU, charged to the shadows) is
+   inside shadow_cost_ratio. ``--no-fork-server``: every shadow a fresh interpreter.
    ``noise_floor``: the same errors for an oracle that knows each target's 3-step median
    (what sample noise leaves to any forecaster of the phase level).
 
@@ -47,6 +51,7 @@ import copy
 import json
 import math
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -59,6 +64,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from prae.config import ShadowSpec, WorkloadSpec  # noqa: E402
 from prae.model.combination import MedianSelector, level_ratio, point_candidates  # noqa: E402
 from prae.telemetry.alignment import align_shadow_by_progress  # noqa: E402
+from prae.workloads import forkserver  # noqa: E402
 from prae.workloads.curve import SAMPLE_INTERVAL_ENV  # noqa: E402
 from prae.workloads.history import from_samples  # noqa: E402
 from prae.workloads.process import WorkloadProcess  # noqa: E402
@@ -120,6 +126,10 @@ class Run:
     live_exit: int | None
     shadow_exit: int | None
     shadow_mode: str = "sample"  # "history:other" / "history:same": which run its shadow played
+    # fork-server CPU charged to the shadow (in shadow_cpu_s; the first shadow of a kind
+    # in a collection pays the server's imports), and whether it was forked at all
+    shadow_fork_charge_s: float = 0.0
+    shadow_forked: bool = False
 
 
 def history_of(run: Run) -> bytes:
@@ -146,7 +156,14 @@ def collect(
         shadow=ShadowSpec(mode="simulate" if history is not None else mode, fraction=args.fraction, source=source),  # type: ignore[arg-type]
     )
     root = Path(args.out) / "work" / spec.name
-    env = {SAMPLE_INTERVAL_ENV: str(args.shadow_interval)}
+    env = {
+        SAMPLE_INTERVAL_ENV: str(args.shadow_interval),
+        # This collection's own fork servers: the first shadow of each kind pays the imports.
+        forkserver.DIR_ENV: args.fork_dir,
+        forkserver.IDLE_ENV: "60",
+    }
+    if args.no_fork_server:
+        env[forkserver.ENABLE_ENV] = "0"
     if history is not None:
         root.mkdir(parents=True, exist_ok=True)
         (root / "history.npz").write_bytes(history)
@@ -188,6 +205,8 @@ def collect(
         live.exit_code(),
         shadow.exit_code(),
         "sample" if history is None else f"history:{args.history_from}",
+        getattr(shadow._popen, "charge_cpu_s", 0.0),
+        shadow.forked,
     )
 
 
@@ -598,9 +617,16 @@ def main() -> None:
         help="log-space sigma of the synthetic shadow the 'with' arm pre-fine-tunes on",
     )
     ap.add_argument(
+        "--no-fork-server",
+        action="store_true",
+        help="start every shadow as a fresh interpreter (as before the fork server)",
+    )
+    ap.add_argument(
         "--quick", action="store_true", help="tiny runs: checks the harness, measures nothing"
     )
     args = ap.parse_args()
+    # short: a Unix socket path has at most 107 bytes
+    args.fork_dir = tempfile.mkdtemp(prefix="prae-abl-fs-")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cache = out / "runs.json"
@@ -661,6 +687,8 @@ def main() -> None:
         for k in sorted({r.kind for r in runs})
     }
     result["shadow_cost_fit_per_kind"] = cost_fit(runs)
+    result["shadow_forked_runs"] = sum(r.shadow_forked for r in runs)
+    result["fork_server_cpu_s"] = round(sum(r.shadow_fork_charge_s for r in runs), 2)
     result["settings"] = {
         "fraction": args.fraction,
         "interval_s": args.interval,
