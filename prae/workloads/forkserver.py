@@ -181,12 +181,6 @@ def spawn(
         raise ForkServerError(
             f"socket path {path} is longer than {MAX_SOCKET_PATH} bytes; set {DIR_ENV} shorter"
         )
-    conn = _connect(path)
-    if conn is None:
-        _start_server(preload, path, env)
-        conn = _connect(path)
-        if conn is None:
-            raise ForkServerError(f"fork server '{preload}' at {path} did not answer")
     request = {
         "role_dir": str(role_dir),
         "cwd": str(role_dir),
@@ -194,18 +188,37 @@ def spawn(
         "stdout": str(stdout),
         "stderr": str(stderr),
     }
+    for attempt in (1, 2):  # a server may exit idle just as we connect: then a new one
+        conn = _connect(path)
+        if conn is None:
+            _start_server(preload, path, env)
+            conn = _connect(path)
+            if conn is None:
+                raise ForkServerError(f"fork server '{preload}' at {path} did not answer")
+        try:
+            return _request(conn, path, request)
+        except ForkServerError:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _request(conn: socket.socket, path: Path, request: dict[str, object]) -> ForkedChild:
+    reply = b""
     try:
         conn.settimeout(START_TIMEOUT_S)
         conn.sendall(json.dumps(request).encode() + b"\n")
-        reply = b""
         while b"\n" not in reply:
             data = conn.recv(4096)
             if not data:
-                raise ForkServerError(f"fork server at {path} closed before forking")
+                break
             reply += data
     except OSError as exc:
         conn.close()
         raise ForkServerError(f"fork server at {path}: {exc}") from exc
+    if b"\n" not in reply:
+        conn.close()
+        raise ForkServerError(f"fork server at {path} closed before forking")
     line, rest = reply.split(b"\n", 1)
     msg = json.loads(line)
     child = ForkedChild(int(msg["pid"]), conn, float(msg["charge_cpu_s"]))
