@@ -665,6 +665,14 @@ def test_forked_shadows_pay_the_imports_once_and_run_as_fresh_ones_do(tmp_path, 
     s = spec("train", shadow=ShadowSpec(mode="sample", fraction=0.1))
     first, second = (WorkloadProcess(s, "shadow", tmp_path / f"s{i}", env=fork_env) for i in (1, 2))
     samples = [run_to_end(wp, interval_s=0.05) for wp in (first, second)]
+    third = WorkloadProcess(s, "shadow", tmp_path / "s3", env=fork_env)
+    third.start()
+    deadline = time.monotonic() + 60.0
+    while _running(third.pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    # gone means exited: the server's report is awaited, not missed for a sample
+    assert third.exit_code() == 0
+    third.stop()
     for wp, got in zip((first, second), samples, strict=True):
         assert wp.forked and wp.exit_code() == 0, wp.error()
         assert wp.result()["samples"] < SMALL["train"]["samples"]  # the shadow's sample

@@ -275,13 +275,14 @@ def _start_server(preload: str, path: Path, env: Mapping[str, str]) -> None:
             if probe is not None:
                 probe.close()
                 return
-            if not _alive(server_pid):
+            if not running(server_pid):
                 raise ForkServerError(f"fork server '{preload}' exited: {_tail(log)}")
             time.sleep(0.02)
     raise ForkServerError(f"fork server '{preload}' did not start within {START_TIMEOUT_S:g} s")
 
 
-def _alive(pid: int) -> bool:
+def running(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
@@ -304,7 +305,10 @@ def _cpu_s() -> float:
     return t.user + t.system
 
 
-def serve(path: Path, preload: str, idle_s: float) -> None:
+def serve(path: Path, preload: str, idle_s: float, spent_s: float = 0.0) -> None:
+    """Listen at ``path`` and fork shadows; ``spent_s``: CPU the launcher used before it
+    forked this server (interpreter start, the prae imports), charged to the first shadow
+    with the server's own."""
     import importlib
 
     from prae.workloads import launch
@@ -322,7 +326,7 @@ def serve(path: Path, preload: str, idle_s: float) -> None:
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     children: dict[int, socket.socket] = {}
-    charged = 0.0
+    charged = -spent_s
     last_active = time.monotonic()
     while True:
         watched = [listener, wake_r, *children.values()]
@@ -455,6 +459,7 @@ def _run_child(launch: object, request: dict[str, object], close: list[int]) -> 
 def main(argv: list[str]) -> None:
     """``<socket path> <preload> <log>``: fork the server, print its pid, exit."""
     path, preload, log = Path(argv[1]), argv[2], argv[3]
+    spent = _cpu_s()  # a forked process's CPU times start at 0: the server charges this too
     pid = os.fork()
     if pid != 0:  # the launcher: the server is re-parented, nobody's child
         sys.stdout.write(f"{pid}\n")
@@ -466,7 +471,7 @@ def main(argv: list[str]) -> None:
     os.close(fd)
     idle = float(os.environ.get(IDLE_ENV, DEFAULT_IDLE_S))
     try:
-        serve(path, preload, idle)
+        serve(path, preload, idle, spent)
     except BaseException:
         traceback.print_exc()
         sys.stderr.flush()

@@ -294,8 +294,13 @@ class WorkloadProcess:
             self._watchdog.cancel()
 
     def _reap_forked(self, child: forkserver.ForkedChild, block: bool) -> None:
-        """The exit the fork server reports (it is the child's parent, not us)."""
-        done = child.poll(FORKED_REAP_TIMEOUT_S if block else 0.0)
+        """The exit the fork server reports (it is the child's parent, not us).
+
+        Once the child is gone, its exit is waited for: the server reaps it within
+        milliseconds, but a sample taken in between would see the root vanish with no
+        final totals, and count its CPU again when they came (see ``finish``)."""
+        gone = not block and not forkserver.running(child.pid)
+        done = child.poll(FORKED_REAP_TIMEOUT_S if block or gone else 0.0)
         if done is None:
             if not block:
                 return
