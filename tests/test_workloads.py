@@ -793,3 +793,21 @@ def _running(pid: int) -> bool:
             return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
     except OSError:
         return False
+
+
+def test_a_fork_server_survives_a_client_that_speaks_nonsense(tmp_path, fork_env) -> None:
+    import socket
+
+    s = spec("etl", shadow=ShadowSpec(mode="sample", fraction=0.1))
+    first = WorkloadProcess(s, "shadow", tmp_path / "a", env=fork_env)
+    run_to_end(first)
+    (sock,) = _sockets(fork_env)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as bad:
+        bad.connect(str(sock))
+        bad.sendall(b"{not json\n")
+        assert bad.recv(100) == b""  # the server hangs up on it
+    second = WorkloadProcess(s, "shadow", tmp_path / "b", env=fork_env)
+    run_to_end(second)
+    assert first.forked and second.forked and second.exit_code() == 0, second.error()
+    # the same server forked both: the second paid no imports of a new one
+    assert second._popen.charge_cpu_s < 0.2 * first._popen.charge_cpu_s

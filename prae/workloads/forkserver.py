@@ -356,7 +356,7 @@ def serve(path: Path, preload: str, idle_s: float, spent_s: float = 0.0) -> None
                     children[pid] = conn
                 else:
                     conn.close()
-            except OSError:
+            except (OSError, ValueError):  # a client gone, slow or speaking nonsense
                 conn.close()
         if wake_r in ready:
             with contextlib.suppress(BlockingIOError):
