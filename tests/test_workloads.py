@@ -668,7 +668,7 @@ def test_forked_shadows_pay_the_imports_once_and_run_as_fresh_ones_do(tmp_path, 
     third = WorkloadProcess(s, "shadow", tmp_path / "s3", env=fork_env)
     third.start()
     deadline = time.monotonic() + 60.0
-    while _running(third.pid) and time.monotonic() < deadline:
+    while forkserver.running(third.pid) and time.monotonic() < deadline:
         time.sleep(0.01)
     # gone means exited: the server's report is awaited, not missed for a sample
     assert third.exit_code() == 0
@@ -780,19 +780,12 @@ def test_a_forked_shadow_dies_with_its_fork_server(tmp_path, fork_env) -> None:
             time.sleep(0.1)
         assert wp.exit_code() == -1
         deadline = time.monotonic() + 5.0
-        while _running(wp.pid) and time.monotonic() < deadline:
+        while forkserver.running(wp.pid) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not _running(wp.pid)  # an orphan's zombie waits for whoever adopted it
+        assert not forkserver.running(wp.pid)  # an orphan's zombie waits for whoever adopted it
     finally:
         wp.stop(grace_s=0.5)
 
-
-def _running(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except OSError:
-        return False
 
 
 def test_a_fork_server_survives_a_client_that_speaks_nonsense(tmp_path, fork_env) -> None:
