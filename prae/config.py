@@ -94,6 +94,9 @@ class ShadowSpec:
     custom_resource: str | None = None
     timeout_s: float | None = None  # a shadow running longer is stopped; the live run goes on
     source: SimulateSource = "profile"  # mode 'simulate' only (see prae.workloads.history)
+    # kind 'python' only: modules the node's fork server imports before it forks this
+    # shadow (e.g. torch), so each shadow does not pay them (see prae.workloads.forkserver)
+    preload: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -402,6 +405,7 @@ def _shadow(r: _Reader, kind: str) -> ShadowSpec:
         custom_resource=r.string("custom_resource"),
         timeout_s=r.number("timeout_s", None, minimum=0, exclusive_min=True),
         source=r.choice("source", SIMULATE_SOURCES, "profile"),  # type: ignore[arg-type]
+        preload=_preload(r, kind),
     )
     if spec.source == "history" and mode != "simulate":
         raise r.error(
@@ -411,6 +415,28 @@ def _shadow(r: _Reader, kind: str) -> ShadowSpec:
         )
     r.finish()
     return spec
+
+
+def _preload(r: _Reader, kind: str) -> tuple[str, ...]:
+    value = r.raw("preload")
+    if value is None:
+        return ()
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not all(
+        isinstance(n, str) and re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", n) for n in names
+    ):
+        raise r.error(
+            f"must be a list of module names, got {value!r:.80}",
+            "write e.g. 'preload: [torch, mypkg.model]'",
+            "preload",
+        )
+    if names and kind != "python":
+        raise r.error(
+            f"only a 'python' workload's shadow takes 'preload' (this one is '{kind}')",
+            "remove 'preload': a built-in's shadow is forked with its imports done already",
+            "preload",
+        )
+    return tuple(dict.fromkeys(names))
 
 
 def _workload(r: _Reader) -> WorkloadSpec:

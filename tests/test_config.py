@@ -68,6 +68,17 @@ def test_resize_limits_and_task_unit_are_read():
         (minimal(shadow={"fraction": 0}), "workloads[0].shadow.fraction", "> 0"),
         (minimal(shadow={"fraction": 1.5}), "workloads[0].shadow.fraction", "<= 1"),
         (minimal(shadow={"mode": "clone"}), "workloads[0].shadow.mode", "sample, mirror, simulate, none"),
+        (minimal(shadow={"preload": ["torch"]}), "workloads[0].shadow.preload", "only a 'python'"),
+        (
+            minimal(kind="python", entrypoint="m:f", shadow={"preload": ["torch", "no such"]}),
+            "workloads[0].shadow.preload",
+            "list of module names",
+        ),
+        (
+            minimal(kind="python", entrypoint="m:f", shadow={"preload": {"torch": 1}}),
+            "workloads[0].shadow.preload",
+            "[torch, mypkg.model]",
+        ),
         (minimal(profile={"bounds": {"cpu": [4, 1]}}), "workloads[0].profile.bounds.cpu", "swap"),
         (minimal(profile={"bounds": {"cpu": 3}}), "workloads[0].profile.bounds.cpu", "[min, max]"),
         (
@@ -143,3 +154,13 @@ def test_validate_and_run_check_each_workload_before_starting(tmp_path, capsys):
         err = capsys.readouterr().err
         assert f"{bad}: field 'workloads[1].params.stages'" in err and "LANESxSECONDS" in err
     assert main(["validate", str(ROOT / "configs" / "demo.yaml")]) == 0
+
+
+def test_shadow_preload_lists_modules_once():
+    cfg = parse_config(
+        minimal(kind="python", entrypoint="m:f", shadow={"preload": ["torch", "pkg.model", "torch"]})
+    )
+    assert cfg.workloads[0].shadow.preload == ("torch", "pkg.model")
+    one = parse_config(minimal(kind="python", entrypoint="m:f", shadow={"preload": "torch"}))
+    assert one.workloads[0].shadow.preload == ("torch",)
+    assert parse_config(minimal()).workloads[0].shadow.preload == ()

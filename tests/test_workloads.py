@@ -804,3 +804,47 @@ def test_a_fork_server_survives_a_client_that_speaks_nonsense(tmp_path, fork_env
     assert first.forked and second.forked and second.exit_code() == 0, second.error()
     # the same server forked both: the second paid no imports of a new one
     assert second._popen.charge_cpu_s < 0.2 * first._popen.charge_cpu_s
+
+
+SLOW_DEP = "import time\n\n_t = time.process_time()\nwhile time.process_time() - _t < 0.6:  # a heavy import\n    pass\n"
+PRELOAD_JOB = (
+    "import prae_slow_dep\n\n\ndef job(ctx):\n"
+    "    return {'role': ctx.role, 'edited': getattr(prae_slow_dep, 'EDITED', False)}\n"
+)
+
+
+def test_a_python_shadow_forks_from_a_server_that_preloads_its_modules(
+    tmp_path, fork_env, monkeypatch
+) -> None:
+    mods = tmp_path / "mods"
+    mods.mkdir()
+    dep = mods / "prae_slow_dep.py"
+    dep.write_text(SLOW_DEP)
+    (mods / "prae_preload_job.py").write_text(PRELOAD_JOB)
+    monkeypatch.setenv("PYTHONPATH", str(mods))
+    monkeypatch.syspath_prepend(str(mods))
+    s = spec(
+        "python",
+        entrypoint="prae_preload_job:job",
+        shadow=ShadowSpec(fraction=0.5, preload=("prae_slow_dep",)),
+    )
+
+    def shadow(name: str) -> WorkloadProcess:
+        wp = WorkloadProcess(s, "shadow", tmp_path / name, env=fork_env)
+        run_to_end(wp, interval_s=0.05)
+        assert wp.forked and wp.exit_code() == 0, wp.error()
+        return wp
+
+    first, second = shadow("a"), shadow("b")
+    assert first._popen.charge_cpu_s > 0.5  # the server's import of the heavy module
+    assert second._popen.charge_cpu_s < 0.1 and second.cost_cpu_seconds < 0.5  # not paid again
+    # The module is edited: the next shadow runs the new code, from a new server.
+    dep.write_text(SLOW_DEP + "EDITED = True\n")
+    later = time.time_ns() + 2 * 10**9
+    os.utime(dep, ns=(later, later))
+    third = shadow("c")
+    assert not first.result()["edited"] and third.result()["edited"]
+    assert third._popen.charge_cpu_s > 0.5
+    live = WorkloadProcess(s, "live", tmp_path / "live", env=fork_env)
+    run_to_end(live)
+    assert live.exit_code() == 0 and not live.forked  # the user's own process, as they start it

@@ -1,4 +1,4 @@
-"""Start shadows of built-in workloads by forking a process that has already imported them.
+"""Start shadows by forking a process that has already imported what they need.
 
 Why: a shadow runs a 5 % sample, but every fresh interpreter pays the imports in full --
 ``import torch`` alone is ~2.4 CPU-s on this project's 2-core machine, against a train
@@ -9,13 +9,17 @@ imports once per node and kind; each shadow is then a ``fork`` (~0.01 CPU-s) tha
 environment, stdout/stderr, ``nice`` and Landlock sandbox.
 
 One server per (user, preload, thread settings, code version): ``<dir>/<preload>-<key>.sock``
-(a preload is a kind, or ``curve`` for the simulate shadows that play a curve),
+(a preload is a built-in kind, ``curve`` for the simulate shadows that play a curve, or
+``py-<hash>`` for a ``python`` workload's ``shadow.preload`` modules),
 ``dir`` = ``$PRAE_FORKSERVER_DIR`` or ``/tmp/prae-forkserver-<uid>``. The first client on a
 node starts it (under a file lock); it detaches (double fork, own session), so it outlives the
 Ray worker that started it and serves the next shadows on that node; it exits after
 ``$PRAE_FORKSERVER_IDLE_S`` (default 600) seconds without a shadow. The key includes the
 BLAS/OpenMP thread variables (read by the libraries at import) and the size and mtime of every
-``prae`` source file, so a server never runs older code than the client's.
+``prae`` source file, so a server never runs older code than the client's; and before each
+fork the server checks the mtimes of the source files it imported from outside the
+interpreter's libraries (the user's modules): if one changed, it answers ``{"stale"}``,
+unlinks its socket and only sees its running shadows out, and the client starts a new one.
 
 Protocol (one Unix-socket connection per shadow, JSON lines): the client sends
 ``{"role_dir", "cwd", "env", "stdout", "stderr"}``; the server forks and answers
@@ -79,14 +83,31 @@ class ForkServerError(WorkloadError):
     """The fork server could not be started or reached (the caller starts a fresh process)."""
 
 
-def preload_for(spec: WorkloadSpec, role: str, env: Mapping[str, str]) -> str | None:
-    """The server a role is forked from (a ``PRELOADS`` name); None: a fresh process.
-    Only shadows: the live run is the user's own process, started as they would."""
+@dataclass(frozen=True)
+class Preload:
+    """What a server imports before forking: ``name`` names its socket, ``modules`` the
+    imports (a built-in's module, the curve player, or a python workload's
+    ``shadow.preload``)."""
+
+    name: str
+    modules: tuple[str, ...]
+
+
+def preload_for(spec: WorkloadSpec, role: str, env: Mapping[str, str]) -> Preload | None:
+    """The server a role is forked from; None: a fresh process. Only shadows: the live run
+    is the user's own process, started as they would. A ``python`` workload's shadow is
+    forked only when it names its ``shadow.preload``: importing user code in a server that
+    forks is the user's call (a module that starts threads at import must not be forked)."""
     if role != "shadow" or env.get(ENABLE_ENV, "1") == "0":
         return None
     if spec.shadow_plays_curve:
-        return "curve"
-    return spec.kind if spec.kind in PRELOADS else None
+        return Preload("curve", (PRELOADS["curve"],))
+    if spec.kind in PRELOADS:
+        return Preload(spec.kind, (PRELOADS[spec.kind],))
+    if spec.kind == "python" and spec.shadow.preload:
+        mods = spec.shadow.preload
+        return Preload("py-" + hashlib.sha256(",".join(mods).encode()).hexdigest()[:10], mods)
+    return None
 
 
 def server_dir(env: Mapping[str, str]) -> Path:
@@ -169,14 +190,14 @@ class ForkedChild:
 
 
 def spawn(
-    preload: str,
+    preload: Preload,
     role_dir: Path,
     env: Mapping[str, str],
     stdout: Path,
     stderr: Path,
 ) -> ForkedChild:
     """Fork a role from the node's server for ``preload`` (started if need be)."""
-    path = socket_path(preload, env)
+    path = socket_path(preload.name, env)
     if len(str(path).encode()) > MAX_SOCKET_PATH:
         raise ForkServerError(
             f"socket path {path} is longer than {MAX_SOCKET_PATH} bytes; set {DIR_ENV} shorter"
@@ -188,13 +209,15 @@ def spawn(
         "stdout": str(stdout),
         "stderr": str(stderr),
     }
-    for attempt in (1, 2):  # a server may exit idle just as we connect: then a new one
+    # A server may exit idle just as we connect, or find its imported files changed on
+    # disk ("stale"): then a new one.
+    for attempt in (1, 2):
         conn = _connect(path)
         if conn is None:
             _start_server(preload, path, env)
             conn = _connect(path)
             if conn is None:
-                raise ForkServerError(f"fork server '{preload}' at {path} did not answer")
+                raise ForkServerError(f"fork server '{preload.name}' at {path} did not answer")
         try:
             return _request(conn, path, request)
         except ForkServerError:
@@ -221,6 +244,9 @@ def _request(conn: socket.socket, path: Path, request: dict[str, object]) -> For
         raise ForkServerError(f"fork server at {path} closed before forking")
     line, rest = reply.split(b"\n", 1)
     msg = json.loads(line)
+    if "stale" in msg:
+        conn.close()
+        raise ForkServerError(f"fork server at {path} runs an older {msg['stale']}")
     child = ForkedChild(int(msg["pid"]), conn, float(msg["charge_cpu_s"]))
     child._buf = rest
     return child
@@ -236,7 +262,7 @@ def _connect(path: Path) -> socket.socket | None:
     return s
 
 
-def _start_server(preload: str, path: Path, env: Mapping[str, str]) -> None:
+def _start_server(preload: Preload, path: Path, env: Mapping[str, str]) -> None:
     """Start the server for ``path`` unless another client just did; waits until it listens."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     with open(path.with_suffix(".lock"), "w") as lock:
@@ -257,7 +283,7 @@ def _start_server(preload: str, path: Path, env: Mapping[str, str]) -> None:
         # child, so a Ray worker's exit (which kills its direct children) does not end it.
         log = path.with_suffix(".log")
         launcher = subprocess.Popen(
-            [sys.executable, "-c", _SERVER_MAIN, str(path), preload, str(log)],
+            [sys.executable, "-c", _SERVER_MAIN, str(path), ",".join(preload.modules), str(log)],
             env=server_env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -267,7 +293,7 @@ def _start_server(preload: str, path: Path, env: Mapping[str, str]) -> None:
         )
         out, _ = launcher.communicate(timeout=START_TIMEOUT_S)
         if launcher.returncode != 0 or not out.strip().isdigit():
-            raise ForkServerError(f"fork server '{preload}' did not start: {_tail(log)}")
+            raise ForkServerError(f"fork server '{preload.name}' did not start: {_tail(log)}")
         server_pid = int(out)
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -276,9 +302,11 @@ def _start_server(preload: str, path: Path, env: Mapping[str, str]) -> None:
                 probe.close()
                 return
             if not running(server_pid):
-                raise ForkServerError(f"fork server '{preload}' exited: {_tail(log)}")
+                raise ForkServerError(f"fork server '{preload.name}' exited: {_tail(log)}")
             time.sleep(0.02)
-    raise ForkServerError(f"fork server '{preload}' did not start within {START_TIMEOUT_S:g} s")
+    raise ForkServerError(
+        f"fork server '{preload.name}' did not start within {START_TIMEOUT_S:g} s"
+    )
 
 
 def running(pid: int) -> bool:
@@ -305,15 +333,17 @@ def _cpu_s() -> float:
     return t.user + t.system
 
 
-def serve(path: Path, preload: str, idle_s: float, spent_s: float = 0.0) -> None:
-    """Listen at ``path`` and fork shadows; ``spent_s``: CPU the launcher used before it
-    forked this server (interpreter start, the prae imports), charged to the first shadow
-    with the server's own."""
+def serve(path: Path, modules: list[str], idle_s: float, spent_s: float = 0.0) -> None:
+    """Import ``modules``, listen at ``path`` and fork shadows; ``spent_s``: CPU the
+    launcher used before it forked this server (interpreter start, the prae imports),
+    charged to the first shadow with the server's own."""
     import importlib
 
     from prae.workloads import launch
 
-    importlib.import_module(PRELOADS[preload])  # the point: a shadow's imports, once
+    for name in modules:  # the point: a shadow's imports, once
+        importlib.import_module(name)
+    sources = _own_sources()
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(tmp))
@@ -329,14 +359,23 @@ def serve(path: Path, preload: str, idle_s: float, spent_s: float = 0.0) -> None
     charged = -spent_s
     last_active = time.monotonic()
     while True:
-        watched = [listener, wake_r, *children.values()]
+        watched = [wake_r, *children.values()] + ([] if listener.fileno() < 0 else [listener])
         ready, _, _ = select.select(watched, [], [], 1.0)
         if listener in ready:
             conn, _ = listener.accept()
             try:
                 conn.settimeout(10.0)
                 request = _read_line(conn)
-                if request is not None:
+                changed = _changed(sources) if request is not None else None
+                if changed is not None:
+                    # Code it imported was edited: a new server must fork the next
+                    # shadows. This one only sees its running shadows out.
+                    _unlink_own(path, my_inode)
+                    conn.sendall(json.dumps({"stale": changed}).encode() + b"\n")
+                    conn.close()
+                    listener.close()
+                    idle_s = 0.0
+                elif request is not None:
                     others = [
                         listener.fileno(),
                         wake_r,
@@ -370,10 +409,41 @@ def serve(path: Path, preload: str, idle_s: float, spent_s: float = 0.0) -> None
         if children:
             last_active = time.monotonic()
         elif time.monotonic() - last_active > idle_s:
-            with contextlib.suppress(OSError):
-                if path.stat().st_ino == my_inode:  # a newer server may own the name now
-                    path.unlink()
+            _unlink_own(path, my_inode)
             return
+
+
+def _unlink_own(path: Path, inode: int) -> None:
+    with contextlib.suppress(OSError):
+        if path.stat().st_ino == inode:  # a newer server may own the name now
+            path.unlink()
+
+
+def _own_sources() -> dict[str, int]:
+    """Source files of the imported modules outside the interpreter's own and installed
+    libraries (the user's code, an editable prae), with their mtimes."""
+    import sysconfig
+
+    paths = sysconfig.get_paths()
+    skip = tuple({paths["stdlib"], paths["platstdlib"], paths["purelib"], paths["platlib"]})
+    found: dict[str, int] = {}
+    for module in list(sys.modules.values()):
+        file = getattr(module, "__file__", None)
+        if isinstance(file, str) and file.endswith(".py") and not file.startswith(skip):
+            with contextlib.suppress(OSError):
+                found[file] = os.stat(file).st_mtime_ns
+    return found
+
+
+def _changed(sources: dict[str, int]) -> str | None:
+    """The first source file edited (or removed) since it was imported; None if none."""
+    for file, mtime in sources.items():
+        try:
+            if os.stat(file).st_mtime_ns != mtime:
+                return file
+        except OSError:
+            return file
+    return None
 
 
 def _reap(children: dict[int, socket.socket]) -> None:
@@ -457,8 +527,8 @@ def _run_child(launch: object, request: dict[str, object], close: list[int]) -> 
 
 
 def main(argv: list[str]) -> None:
-    """``<socket path> <preload> <log>``: fork the server, print its pid, exit."""
-    path, preload, log = Path(argv[1]), argv[2], argv[3]
+    """``<socket path> <module,module,...> <log>``: fork the server, print its pid, exit."""
+    path, modules, log = Path(argv[1]), [m for m in argv[2].split(",") if m], argv[3]
     spent = _cpu_s()  # a forked process's CPU times start at 0: the server charges this too
     pid = os.fork()
     if pid != 0:  # the launcher: the server is re-parented, nobody's child
@@ -471,7 +541,7 @@ def main(argv: list[str]) -> None:
     os.close(fd)
     idle = float(os.environ.get(IDLE_ENV, DEFAULT_IDLE_S))
     try:
-        serve(path, preload, idle, spent)
+        serve(path, modules, idle, spent)
     except BaseException:
         traceback.print_exc()
         sys.stderr.flush()

@@ -142,7 +142,9 @@ class WorkloadProcess:
                 self._watchdog.daemon = True
                 self._watchdog.start()
 
-    def _fork(self, preload: str, env: dict[str, str]) -> forkserver.ForkedChild | None:
+    def _fork(
+        self, preload: forkserver.Preload, env: dict[str, str]
+    ) -> forkserver.ForkedChild | None:
         """The shadow forked from the node's fork server; None (a fresh process) if it fails."""
         try:
             return forkserver.spawn(

@@ -17,6 +17,7 @@ def spec_to_dict(spec: WorkloadSpec) -> dict[str, Any]:
 def spec_from_dict(d: dict[str, Any]) -> WorkloadSpec:
     shadow = dict(d["shadow"])
     shadow["resources"] = ResourceAmount(**shadow["resources"])
+    shadow["preload"] = tuple(shadow.get("preload", ()))
     profile = dict(d["profile"])
     profile["bounds"] = Bounds(**profile["bounds"])
     profile["phases"] = tuple(Phase(**p) for p in profile["phases"])
