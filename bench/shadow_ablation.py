@@ -205,7 +205,7 @@ def collect(
         live.exit_code(),
         shadow.exit_code(),
         "sample" if history is None else f"history:{args.history_from}",
-        getattr(shadow._popen, "charge_cpu_s", 0.0),
+        shadow.fork_charge_cpu_s,
         shadow.forked,
     )
 

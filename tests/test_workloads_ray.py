@@ -138,7 +138,7 @@ class Host:
             "error": self.proc.error(),
             "cost": self.proc.cost_cpu_seconds,
             "forked": self.proc.forked,
-            "charge": getattr(self.proc._popen, "charge_cpu_s", None),
+            "charge": self.proc.fork_charge_cpu_s,
             "cmdlines": list(self.cmdlines.values()),
         }
 

@@ -149,7 +149,6 @@ class ForkedChild:
 
     def __init__(self, pid: int, conn: socket.socket, charge_cpu_s: float) -> None:
         self.pid = pid
-        self.returncode: int | None = None
         self.charge_cpu_s = charge_cpu_s
         self._conn: socket.socket | None = conn
         self._buf = b""

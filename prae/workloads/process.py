@@ -266,6 +266,12 @@ class WorkloadProcess:
         """Whether this role was forked from the node's fork server (see ``forkserver``)."""
         return isinstance(self._popen, forkserver.ForkedChild)
 
+    @property
+    def fork_charge_cpu_s(self) -> float:
+        """The fork server's CPU charged to this role: all it spent since its previous fork
+        (its imports, for the first shadow of a kind on the node); 0 if not forked."""
+        return self._popen.charge_cpu_s if isinstance(self._popen, forkserver.ForkedChild) else 0.0
+
     def exit_code(self) -> int | None:
         """None while running; the exit code, or 128+N when killed by signal N."""
         with self._lock:
@@ -309,7 +315,6 @@ class WorkloadProcess:
             child.close()  # the server kills what is left of it
             done = forkserver.ForkedExit(-1, None, None)
         self._code = done.code
-        child.returncode = done.code
         if self._sampler is not None and done.cpu_s is not None:
             self._sampler.finish(done.cpu_s, done.io_bytes)
         if self._watchdog is not None:
@@ -390,10 +395,7 @@ class WorkloadProcess:
         for the first shadow of a kind on the node)."""
         if self._sampler is None:
             return 0.0
-        charge = (
-            self._popen.charge_cpu_s if isinstance(self._popen, forkserver.ForkedChild) else 0.0
-        )
-        return self._sampler.cpu_seconds + charge
+        return self._sampler.cpu_seconds + self.fork_charge_cpu_s
 
     @property
     def cost_mem_byte_seconds(self) -> float:
