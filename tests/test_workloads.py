@@ -849,3 +849,13 @@ def test_a_python_shadow_forks_from_a_server_that_preloads_its_modules(
     live = WorkloadProcess(s, "live", tmp_path / "live", env=fork_env)
     run_to_end(live)
     assert live.exit_code() == 0 and not live.forked  # the user's own process, as they start it
+
+
+def test_a_hung_fork_server_launcher_means_a_fresh_shadow(tmp_path, fork_env, monkeypatch, caplog):
+    monkeypatch.setattr(forkserver, "_SERVER_MAIN", "import time; time.sleep(30)")
+    monkeypatch.setattr(forkserver, "START_TIMEOUT_S", 0.5)
+    s = spec("etl", shadow=ShadowSpec(mode="sample", fraction=0.1))
+    wp = WorkloadProcess(s, "shadow", tmp_path / "shadow", env=fork_env)
+    run_to_end(wp)
+    assert wp.exit_code() == 0 and not wp.forked
+    assert "launcher hung" in caplog.text

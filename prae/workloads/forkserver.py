@@ -290,7 +290,14 @@ def _start_server(preload: Preload, path: Path, env: Mapping[str, str]) -> None:
             start_new_session=True,
             cwd="/",
         )
-        out, _ = launcher.communicate(timeout=START_TIMEOUT_S)
+        try:
+            out, _ = launcher.communicate(timeout=START_TIMEOUT_S)
+        except subprocess.TimeoutExpired as exc:
+            launcher.kill()
+            launcher.wait()
+            raise ForkServerError(
+                f"fork server '{preload.name}' launcher hung: {_tail(log)}"
+            ) from exc
         if launcher.returncode != 0 or not out.strip().isdigit():
             raise ForkServerError(f"fork server '{preload.name}' did not start: {_tail(log)}")
         server_pid = int(out)
