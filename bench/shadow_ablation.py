@@ -50,6 +50,7 @@ import argparse
 import copy
 import json
 import math
+import shutil
 import sys
 import tempfile
 import time
@@ -706,6 +707,8 @@ def main() -> None:
         },
     }
     print(json.dumps(result))
+    # The servers exit 60 s after their last shadow; their socket directory goes now.
+    shutil.rmtree(args.fork_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,6 @@ from prae.workloads.kinds import PARAMS
 log = logging.getLogger(__name__)
 
 
-
 # ----------------------------------------------------------------------------- ports
 
 

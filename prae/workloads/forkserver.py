@@ -8,18 +8,19 @@ imports once per node and kind; each shadow is then a ``fork`` (~0.01 CPU-s) tha
 :func:`prae.workloads.launch.main` as a fresh child would, with its own session, directory,
 environment, stdout/stderr, ``nice`` and Landlock sandbox.
 
-One server per (user, preload, thread settings, code version): ``<dir>/<preload>-<key>.sock``
+One server per (user, preload, thread settings, interpreter and prae checkout):
+``<dir>/<preload>-<key>.sock``
 (a preload is a built-in kind, ``curve`` for the simulate shadows that play a curve, or
 ``py-<hash>`` for a ``python`` workload's ``shadow.preload`` modules),
 ``dir`` = ``$PRAE_FORKSERVER_DIR`` or ``/tmp/prae-forkserver-<uid>``. The first client on a
 node starts it (under a file lock); it detaches (double fork, own session), so it outlives the
 Ray worker that started it and serves the next shadows on that node; it exits after
 ``$PRAE_FORKSERVER_IDLE_S`` (default 600) seconds without a shadow. The key includes the
-BLAS/OpenMP thread variables (read by the libraries at import) and the size and mtime of every
-``prae`` source file, so a server never runs older code than the client's; and before each
-fork the server checks the mtimes of the source files it imported from outside the
-interpreter's libraries (the user's modules): if one changed, it answers ``{"stale"}``,
-unlinks its socket and only sees its running shadows out, and the client starts a new one.
+BLAS/OpenMP thread variables (read by the libraries at import). Before each fork the server
+checks the mtimes of the source files it imported that can be edited in place (``prae``'s
+and the user's modules): if one changed, it answers ``{"stale"}``, unlinks its socket and
+only sees its running shadows out, and the client starts a new one -- so a shadow never
+runs older code than its live run.
 
 Protocol (one Unix-socket connection per shadow, JSON lines): the client sends
 ``{"role_dir", "cwd", "env", "stdout", "stderr"}``; the server forks and answers
@@ -77,6 +78,7 @@ IMPORT_TIME_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 _SERVER_MAIN = "import sys; from prae.workloads.forkserver import main; main(sys.argv)"
 MAX_SOCKET_PATH = 107  # sun_path is 108 bytes with the terminating NUL
 SHADOW_ONLY_ENV = ("TMPDIR", "RAY_JOB_CONFIG_JSON_ENV_VAR")
+_PRAE_ROOT = str(Path(prae.__file__).resolve().parent) + os.sep
 
 
 class ForkServerError(WorkloadError):
@@ -114,19 +116,11 @@ def server_dir(env: Mapping[str, str]) -> Path:
     return Path(env.get(DIR_ENV) or f"/tmp/prae-forkserver-{os.getuid()}")
 
 
-def code_version() -> str:
-    """Size and mtime of every source file of the ``prae`` package, hashed."""
-    root = Path(prae.__file__).resolve().parent
-    h = hashlib.sha256(f"{sys.executable}|{root}".encode())
-    for path in sorted(root.rglob("*.py")):
-        st = path.stat()
-        h.update(f"{path.relative_to(root)}:{st.st_size}:{st.st_mtime_ns};".encode())
-    return h.hexdigest()[:16]
-
-
 def socket_path(preload: str, env: Mapping[str, str]) -> Path:
+    """Per preload, thread settings, interpreter and ``prae`` checkout: a server never
+    forks for another checkout, and ``_changed`` retires it when its code is edited."""
     threads = ",".join(env.get(v, "") for v in IMPORT_TIME_ENV)
-    key = hashlib.sha256(f"{threads}|{code_version()}".encode()).hexdigest()[:12]
+    key = hashlib.sha256(f"{threads}|{sys.executable}|{_PRAE_ROOT}".encode()).hexdigest()[:12]
     return server_dir(env) / f"{preload}-{key}.sock"
 
 
@@ -426,8 +420,9 @@ def _unlink_own(path: Path, inode: int) -> None:
 
 
 def _own_sources() -> dict[str, int]:
-    """Source files of the imported modules outside the interpreter's own and installed
-    libraries (the user's code, an editable prae), with their mtimes."""
+    """Source files of the imported modules that may be edited while a server runs -- the
+    user's code and ``prae`` itself (installed or not) -- with their mtimes. The
+    interpreter's own and other installed libraries change only by reinstalling."""
     import sysconfig
 
     paths = sysconfig.get_paths()
@@ -435,7 +430,9 @@ def _own_sources() -> dict[str, int]:
     found: dict[str, int] = {}
     for module in list(sys.modules.values()):
         file = getattr(module, "__file__", None)
-        if isinstance(file, str) and file.endswith(".py") and not file.startswith(skip):
+        if not isinstance(file, str) or not file.endswith(".py"):
+            continue
+        if file.startswith(_PRAE_ROOT) or not file.startswith(skip):
             with contextlib.suppress(OSError):
                 found[file] = os.stat(file).st_mtime_ns
     return found
