@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 from pathlib import Path
 
 import numpy as np
@@ -188,3 +189,23 @@ def test_a_trace_window_is_parsed_once_and_again_when_the_file_changes(tmp_path:
     monkeypatch.setenv("PRAE_CACHE_DIR", str(tmp_path / "cache"))
     csv.write_text("series_id,timestamp,cpu,mem\n" + "".join(f"a,{300 * i},{10 * i},{2 * i}\n" for i in range(12)))
     assert load_window(str(csv), 2, 3)[:, 0].tolist() == [20.0, 30.0, 40.0]  # edited: read again
+
+
+def test_a_cached_trace_window_is_read_without_the_trace_parsers(tmp_path: Path) -> None:
+    # The parsers bring pandas (~0.5 CPU-s): a replay or service shadow whose trace is in the
+    # cache must not pay for it.
+    import subprocess
+    import sys
+
+    csv = tmp_path / "t.csv"
+    csv.write_text("series_id,timestamp,cpu,mem\n" + "".join(f"a,{300 * i},{i},{2 * i}\n" for i in range(10)))
+    script = (
+        "import sys; from prae.workloads.tracesrc import load_window; "
+        f"w = load_window({str(csv)!r}, 2, 3); "
+        "print(w[:, 0].tolist(), 'pandas' in sys.modules, 'prae.traces' in sys.modules)"
+    )
+    env = {**os.environ, "PRAE_CACHE_DIR": str(tmp_path / "cache")}
+    runs = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60) for _ in range(2)]
+    assert [r.returncode for r in runs] == [0, 0], runs[0].stderr[-1500:]
+    assert runs[0].stdout.split() == ["[2.0,", "3.0,", "4.0]", "True", "True"]  # parsed, then cached
+    assert runs[1].stdout.split() == ["[2.0,", "3.0,", "4.0]", "False", "False"]

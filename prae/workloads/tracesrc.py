@@ -15,6 +15,7 @@ import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -52,25 +53,31 @@ def load_window(trace: str, start: int, steps: int) -> np.ndarray:
 
 def _source(trace: str, root: Path) -> tuple[Path, Callable[[], np.ndarray]]:
     """The file (or folder) a trace name is read from, and how to read its first series."""
-    from prae.traces import load_trace
-
     kind, _, ident = trace.partition(":")
     if kind == "bitbrains" and ident:
         path = root / "bitbrains-rnd-2013-07" / "series" / f"{ident}.csv.gz"
-        return path, lambda: load_trace(path, "bitbrains")[0].values
+        return path, lambda: _load_trace(path, "bitbrains")[0].values
     if kind == "alibaba" and ident:
         folder = root / "alibaba2018-machine-usage-sample"
-        return folder, lambda: load_trace(folder, "alibaba", ids=[ident])[0].values
+        return folder, lambda: _load_trace(folder, "alibaba", ids=[ident])[0].values
     if kind == "google" and ident:
         matches = sorted((root / "google2019-instance-usage").rglob(f"{ident}*.csv*"))
         if not matches:
             raise TraceFormatError(f"no Google instance file starting with {ident!r} under {root}")
-        return matches[0], lambda: load_trace(matches[0], "google")[0].values
+        return matches[0], lambda: _load_trace(matches[0], "google")[0].values
     if os.path.exists(trace):
-        return Path(trace), lambda: load_trace(trace)[0].values
+        return Path(trace), lambda: _load_trace(trace)[0].values
     raise TraceFormatError(
         f"{trace!r} is not 'bitbrains:<vm>', 'alibaba:<machine>', 'google:<stem>' or a file"
     )
+
+
+def _load_trace(*args: Any, **kwargs: Any) -> list[Any]:
+    """:func:`prae.traces.load_trace`, imported only when a trace is read: it brings pandas
+    (~0.5 CPU-s), which a replay or service shadow whose trace is cached would pay for nothing."""
+    from prae.traces import load_trace
+
+    return load_trace(*args, **kwargs)
 
 
 def _cached_values(trace: str, source: Path, read: Callable[[], np.ndarray]) -> np.ndarray:
