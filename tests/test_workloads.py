@@ -859,3 +859,48 @@ def test_a_hung_fork_server_launcher_means_a_fresh_shadow(tmp_path, fork_env, mo
     run_to_end(wp)
     assert wp.exit_code() == 0 and not wp.forked
     assert "launcher hung" in caplog.text
+
+
+IMPORTS_DURING_RUN = textwrap.dedent(
+    """
+    import importlib, json, sys, sysconfig
+    from pathlib import Path
+    from prae.config import ShadowSpec, WorkloadSpec
+    from prae.workloads import forkserver, launch
+    from prae.workloads.context import WorkloadContext
+    from prae.workloads.kinds import builtin_module, check_spec
+
+    kind, params, work = sys.argv[1], json.loads(sys.argv[2]), Path(sys.argv[3])
+    for name in forkserver.PRELOADS[kind]:  # what its fork server imports
+        importlib.import_module(name)
+    run = builtin_module(kind).run
+    before = set(sys.modules)
+    spec = WorkloadSpec(name="t", kind=kind, params=params, shadow=ShadowSpec(mode="sample", fraction=0.1))
+    for sub in ("data", "tmp", ".prae"):
+        (work / sub).mkdir(parents=True)
+    ctx = WorkloadContext(name="t", kind=kind, role="shadow", shadow_mode="sample", fraction=0.1,
+                          params=check_spec(spec, "shadow"), work_dir=work, spec=spec)
+    run(ctx)
+    stdlib = sysconfig.get_paths()["stdlib"]
+    late = [m for m in set(sys.modules) - before
+            if not str(getattr(sys.modules[m], "__file__", None) or stdlib).startswith(stdlib)]
+    print(json.dumps(sorted(late)))
+    """
+)
+
+
+@pytest.mark.parametrize("kind", sorted(k for k in forkserver.PRELOADS if k in SMALL))
+def test_a_builtin_shadow_imports_nothing_its_fork_server_did_not(kind, tmp_path) -> None:
+    # A library a shadow imports lazily would be paid by every forked shadow (pandas via
+    # pyarrow.dataset: ~0.45 CPU-s, a fifth of an etl shadow); the server must preload it.
+    import json
+    import subprocess
+
+    out = subprocess.run(
+        [sys.executable, "-c", IMPORTS_DURING_RUN, kind, json.dumps(SMALL[kind]), str(tmp_path / "w")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []

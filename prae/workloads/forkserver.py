@@ -60,12 +60,16 @@ from prae.errors import WorkloadError
 # process tree and import nothing that starts threads or connects anywhere at import
 # (``tasks`` imports Ray), and "curve" for a simulate shadow that plays a resource curve
 # (it needs none of its kind's imports: a curve shadow of ``train`` must not pay torch's).
-PRELOADS = {
-    "etl": "prae.workloads.etl",
-    "train": "prae.workloads.train",
-    "replay": "prae.workloads.replay",
-    "service": "prae.workloads.service",
-    "curve": "prae.workloads.simulate",
+# Also what a kind's run imports lazily: ``pq.read_table`` imports pyarrow.dataset, and with
+# it pandas (~0.45 CPU-s an etl shadow would otherwise pay each time); group-bys
+# pyarrow.acero; a seeded generator numpy.random; torch.save its serialisation config.
+# tests/test_workloads.py checks that a built-in's run imports nothing more.
+PRELOADS: dict[str, tuple[str, ...]] = {
+    "etl": ("prae.workloads.etl", "pyarrow.dataset", "pyarrow.acero", "numpy.random"),
+    "train": ("prae.workloads.train", "numpy.random", "torch.utils.serialization"),
+    "replay": ("prae.workloads.replay",),
+    "service": ("prae.workloads.service", "prae.workloads.tracesrc", "numpy.random"),
+    "curve": ("prae.workloads.simulate",),
 }
 ENABLE_ENV = "PRAE_SHADOW_FORKSERVER"  # "0" starts every shadow as a fresh interpreter
 DIR_ENV = "PRAE_FORKSERVER_DIR"
@@ -103,9 +107,9 @@ def preload_for(spec: WorkloadSpec, role: str, env: Mapping[str, str]) -> Preloa
     if role != "shadow" or env.get(ENABLE_ENV, "1") == "0":
         return None
     if spec.shadow_plays_curve:
-        return Preload("curve", (PRELOADS["curve"],))
+        return Preload("curve", PRELOADS["curve"])
     if spec.kind in PRELOADS:
-        return Preload(spec.kind, (PRELOADS[spec.kind],))
+        return Preload(spec.kind, PRELOADS[spec.kind])
     if spec.kind == "python" and spec.shadow.preload:
         mods = spec.shadow.preload
         return Preload("py-" + hashlib.sha256(",".join(mods).encode()).hexdigest()[:10], mods)
