@@ -289,12 +289,20 @@ def score(
 
 
 def chosen_points(
-    q50: np.ndarray, run: Run, steps: list[int], h: int, with_shadow: bool, half_life: float
+    q50: np.ndarray,
+    run: Run,
+    steps: list[int],
+    h: int,
+    with_shadow: bool,
+    half_life: float,
+    selectors: list[MedianSelector] | None = None,
 ) -> np.ndarray:
     """The engine's point forecast (N, H, R): per horizon, ``MedianSelector`` picks the
     model's median, the last value or (with a shadow) ``shadow_change`` or ``shadow_level``, by the errors of
     this run's forecasts resolved so far (steps are consecutive: the forecast issued at
-    ``steps[i - k]`` for horizon k resolves at ``steps[i]``)."""
+    ``steps[i - k]`` for horizon k resolves at ``steps[i]``). ``selectors`` (one per
+    horizon, from ``carried_choice``): what the workload's previous run taught them, as the
+    engine carries it from run to run; they go on learning here."""
     y = np.array(run.live, dtype=float)
     last = np.broadcast_to(y[steps][:, None, :], q50.shape)  # (N, H, R)
     if with_shadow:
@@ -309,12 +317,30 @@ def chosen_points(
     out = np.empty(q50.shape)
     one = np.zeros(1, np.int64)
     for k in range(1, h + 1):
-        sel = MedianSelector(1, y.shape[1], half_life=half_life, n_candidates=n_c)
+        if selectors is None:
+            sel = MedianSelector(1, y.shape[1], half_life=half_life, n_candidates=n_c)
+        else:
+            sel = selectors[k - 1]
         for i, t in enumerate(steps):
             if i >= k:
                 sel.update(one, cand[i - k, k - 1][None], y[t][None])
             out[i, k - 1] = sel.select(one, cand[i, k - 1][None])[0]
     return out
+
+
+def carried_choice(
+    model: Any, prev: Run, h: int, t0: int, shadow_input: bool, with_shadow: bool, half_life: float
+) -> list[MedianSelector]:
+    """The per-horizon choices after the workload's previous run ``prev``, forecast by
+    ``model`` as it was then (before it was fine-tuned on that run): what the engine carries
+    into the next run of a workload (``ChoiceRecord``)."""
+    live, shadow, steps = windows_for(prev, model.window_steps, h, shadow_input, t0)
+    n_c = 4 if with_shadow else 2
+    selectors = [MedianSelector(1, 4, half_life=half_life, n_candidates=n_c) for _ in range(h)]
+    if steps:
+        q50 = model.predict(live, shadow)[..., list(model.quantiles).index(0.5)]
+        chosen_points(q50, prev, steps, h, with_shadow, half_life, selectors)
+    return selectors
 
 
 def synthetic_shadow(
@@ -410,6 +436,7 @@ def evaluate(runs: list[Run], args: argparse.Namespace) -> dict[str, Any]:
     for arm in arms:
         results[arm] = {"err": [], "phase": [], "kind": []}
         results[f"{arm}_model"] = {"err": [], "phase": [], "kind": []}
+        results[f"{arm}_cold"] = {"err": [], "phase": [], "kind": []}
     results["candidate_only"] = {"err": [], "phase": [], "kind": []}
     for train_v, test_v in folds:
         train_runs = [r for r in runs if r.variant == train_v]
@@ -448,18 +475,31 @@ def evaluate(runs: list[Run], args: argparse.Namespace) -> dict[str, Any]:
                     if not steps:
                         continue
                     q50 = model.predict(live, shadow)[..., list(model.quantiles).index(0.5)]
-                    point = chosen_points(q50, r, steps, h, arm == "with", args.median_half_life)
-                    scored = [score(point, r, steps, h), score(q50, r, steps, h)]
+                    hl = args.median_half_life
+                    # The same job's previous run: this kind's run of the other variant,
+                    # forecast by the model before it was fine-tuned on it.
+                    prev = next(x for x in train_runs if x.kind == r.kind)
+
+                    def carried(
+                        with_shadow: bool, prev: Run = prev, arm: str = arm, hl: float = hl
+                    ) -> list[MedianSelector] | None:
+                        if args.no_carried_choice:
+                            return None
+                        return carried_choice(bases[arm], prev, h, args.t0, arm == "with", with_shadow, hl)
+
+                    point = chosen_points(q50, r, steps, h, arm == "with", hl, carried(arm == "with"))
+                    cold = chosen_points(q50, r, steps, h, arm == "with", hl)
+                    scored = [score(point, r, steps, h), score(q50, r, steps, h), score(cold, r, steps, h)]
                     if arm == "without":  # the shadow only as a candidate, not as model input
-                        alt = chosen_points(q50, r, steps, h, True, args.median_half_life)
+                        alt = chosen_points(q50, r, steps, h, True, hl, carried(True))
                         scored.append(score(alt, r, steps, h))
                     per_run.append((r, *scored))
                 errs_seeds.append(per_run)
             # average the fit seeds forecast by forecast
             for j, (r, (_e0, f0), *_) in enumerate(errs_seeds[0]):
-                keys = [(arm, 1), (f"{arm}_model", 2)]
+                keys = [(arm, 1), (f"{arm}_model", 2), (f"{arm}_cold", 3)]
                 if arm == "without":
-                    keys.append(("candidate_only", 3))
+                    keys.append(("candidate_only", 4))
                 for key, which in keys:
                     e = np.mean([seed_runs[j][which][0] for seed_runs in errs_seeds], axis=0)
                     results[key]["err"].append(e)
@@ -495,6 +535,13 @@ def evaluate(runs: list[Run], args: argparse.Namespace) -> dict[str, Any]:
     for arm in ("with", "without"):
         (model_only[f"err_phase_{arm}"], model_only[f"err_all_{arm}"]) = summarise(f"{arm}_model")
     out["model_median_only"] = model_only
+    # Each run's choice started from nothing (the model's median for its first outcomes),
+    # as before the choice was carried from a workload's previous run.
+    cold = {}
+    for arm in ("with", "without"):
+        (cold[f"err_phase_{arm}"], cold[f"err_all_{arm}"]) = summarise(f"{arm}_cold")
+    cold["phase_error_reduction"] = 1.0 - cold["err_phase_with"] / cold["err_phase_without"]
+    out["choice_not_carried"] = cold
     # The model without the shadow channel, the shadow only as the shadow_change candidate.
     (out["err_phase_shadow_candidate_only"], out["err_all_shadow_candidate_only"]) = summarise(
         "candidate_only"
@@ -606,6 +653,11 @@ def main() -> None:
         type=float,
         default=288.0,
         help="the point-forecast choice's memory in outcomes (the engine's default)",
+    )
+    ap.add_argument(
+        "--no-carried-choice",
+        action="store_true",
+        help="start each run's point-forecast choice from nothing, not from the job's previous run",
     )
     ap.add_argument(
         "--trace-series", type=int, default=80, help="Bitbrains VMs to pre-fine-tune on (0: none)"

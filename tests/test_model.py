@@ -260,6 +260,26 @@ def test_median_selector_picks_the_better_candidate_per_series() -> None:
         MedianSelector(1, 1, half_life=0)
 
 
+def test_a_carried_choice_is_used_from_the_first_forecast() -> None:
+    """A run of a recurring workload starts from what its previous run learnt: the last
+    value, exact there, is chosen before this run has any outcome of its own."""
+    from prae.model.combination import MedianSelector
+
+    before = MedianSelector(1, 1, half_life=10, min_outcomes=20)
+    for _ in range(30):
+        before.update(np.zeros(1, int), np.array([[[6.0, 5.0]]]), np.array([[5.0]]))
+    record = before.record(0)
+    fresh, carried = MedianSelector(1, 1, half_life=10), MedianSelector(1, 1, half_life=10)
+    carried.restore(0, record)
+    now = np.array([[[2.0, 7.0]]])  # model, last value
+    assert fresh.select(np.zeros(1, int), now)[0, 0] == 2.0  # no outcome: the model
+    assert carried.select(np.zeros(1, int), now)[0, 0] == 7.0
+    record.err[0, 0] = 99.0  # a record is a copy: the selector it came from is untouched
+    assert before.err[0, 0, 0] != 99.0
+    with pytest.raises(ValueError, match="does not fit"):
+        MedianSelector(1, 2).restore(0, record)
+
+
 def test_shadow_change_worked_numbers() -> None:
     from prae.model.combination import SHADOW_CHANGE_BOUNDS, shadow_change
 
