@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pyarrow as pa
 
 from prae.config import parse_config
 from prae.engine.broker import ReservationBroker
@@ -285,6 +286,45 @@ def test_tracker_chooses_the_last_value_where_the_model_median_keeps_missing():
     cal, _ = tr.point_forecast(raw, raw.copy(), 1)
     assert cal[0, i50] == 1.0
     assert np.array_equal(np.delete(cal, i50, axis=1), np.delete(raw, i50, axis=1))
+
+
+def test_a_workloads_next_run_starts_from_the_choice_its_last_run_learnt(tmp_path, caplog):
+    """The loop stores each workload's point-forecast choice when it closes; the next loop
+    on the same store starts each tracker from its workload's latest record."""
+    from prae.engine.choices import latest_choice
+
+    loop, clock, *_, store, _ = build(tmp_path)
+    run_loop(loop, clock)
+    learnt = {name: tr.choice_record() for name, tr in loop.trackers.items()}
+    assert all(r.count.min() > 0 for r in learnt.values())
+    again, *_ = build(tmp_path)
+    for name, tr in again.trackers.items():
+        np.testing.assert_allclose(tr.median_choice.err[0], learnt[name].err)
+        np.testing.assert_array_equal(tr.median_choice.count[0], learnt[name].count)
+    # a later run's record wins; a record with a negative error is not used, and says so
+    table = store.read("choices", "steady")
+    later = table.set_column(0, "saved_at", pa.array([t + 10.0 for t in table.column("saved_at").to_pylist()]))
+    errs = [2.0 * e for e in later.column("err").to_pylist()]
+    later = later.set_column(3, "err", pa.array(errs))
+    np.testing.assert_allclose(latest_choice(pa.concat_tables([table, later]), "steady").err, 2.0 * learnt["steady"].err)
+    broken = later.set_column(3, "err", pa.array([-1.0] + errs[1:]))
+    assert latest_choice(pa.concat_tables([table, broken]), "steady") is None
+    assert "negative" in caplog.text and "choices/workload=steady" in caplog.text
+
+
+def test_a_tracker_with_a_carried_choice_uses_the_last_value_from_the_start():
+    from prae.config import WorkloadSpec
+    from prae.engine.tracker import WorkloadTracker
+    from prae.model.combination import CANDIDATES, ChoiceRecord
+
+    err = np.ones((4, len(CANDIDATES)))
+    err[:, 1] = 0.0  # the last value was exact last time
+    carried = ChoiceRecord(err, np.full(4, 30.0), np.full(4, 30))
+    tr = WorkloadTracker(WorkloadSpec(name="flat", kind="etl"), interval_s=1.0, carried=carried)
+    tr.live.extend([TelemetrySample(ts=0.0, cpu=1.0, mem=1.0, disk=1.0, net=1.0)])
+    raw = np.array([[0.5, 1.3, 2.0, 2.2, 2.5]] * 4)
+    cal, _ = tr.point_forecast(raw, raw.copy(), 1)
+    assert cal[:, QUANTILES.index(0.5)].tolist() == [1.0] * 4
 
 
 def test_tracker_follows_a_shadow_that_foreshadows_the_live_run():

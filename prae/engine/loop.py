@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from prae.config import PraeConfig, WorkloadSpec
+from prae.engine.choices import choice_rows, latest_choice
 from prae.engine.tracker import PendingForecast, RoleStatus, WorkloadTracker, telemetry_rows
 from prae.policy.requests import (
     Interval,
@@ -130,7 +131,12 @@ class EngineLoop:
         self.retrainer = retrainer
         self.clock = clock
         self.flush_every = flush_every
-        self.trackers = {w.name: WorkloadTracker(w, config.run.interval_s) for w in config.workloads}
+        self.trackers = {
+            w.name: WorkloadTracker(
+                w, config.run.interval_s, carried=latest_choice(store.read("choices", w.name), w.name)
+            )
+            for w in config.workloads
+        }
         self.policies = {w.name: workload_policy(w) for w in config.workloads}
         # Hysteresis against what was last asked for, shrink-rate limits, resizes counted
         # per workload-hour: the same planner drives the cluster simulator.
@@ -338,9 +344,17 @@ class EngineLoop:
         self.telemetry.stop(None)
         self._poll_quietly()
         self._resolve(final=True)
+        self._save_choices(now)
         self.allocator.release_all(now)
         self.held.clear()
         self.store.flush()
+
+    def _save_choices(self, now: float) -> None:
+        """Each workload's point-forecast choice, for its next run (``prae.engine.choices``)."""
+        for name, tr in self.trackers.items():
+            record = tr.choice_record()
+            if record.count.any():
+                self.store.append("choices", name, choice_rows(record, now))
 
     def _poll_quietly(self) -> None:
         try:

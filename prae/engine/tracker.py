@@ -18,6 +18,7 @@ from prae.config import WorkloadSpec
 from prae.model.calibration import ConformalCalibrator
 from prae.model.combination import (
     CANDIDATES,
+    ChoiceRecord,
     MedianSelector,
     level_ratio,
     point_candidates,
@@ -91,8 +92,15 @@ class RoleStatus:
 
 class WorkloadTracker:
     def __init__(
-        self, spec: WorkloadSpec, interval_s: float, calibration_window: int = 200, median_half_life: float = 288.0
+        self,
+        spec: WorkloadSpec,
+        interval_s: float,
+        calibration_window: int = 200,
+        median_half_life: float = 288.0,
+        carried: ChoiceRecord | None = None,
     ) -> None:
+        """``carried``: the point-forecast choice of this workload's previous run
+        (:mod:`prae.engine.choices`), to start from instead of from nothing."""
         self.spec = spec
         self.interval_s = interval_s
         self.live = Series()
@@ -108,6 +116,8 @@ class WorkloadTracker:
         self.median_choice = MedianSelector(
             1, len(RESOURCES), half_life=median_half_life, n_candidates=len(CANDIDATES)
         )
+        if carried is not None:
+            self.median_choice.restore(0, carried)
         self.released = False
         self._aligned: dict[tuple[int, int, int], np.ndarray] = {}  # see aligned_shadow
 
@@ -181,6 +191,10 @@ class WorkloadTracker:
         cand = point_candidates(np.asarray(raw, dtype=float)[:, i50], last, now, ahead, ratio)
         chosen = self.median_choice.select(np.zeros(1, np.int64), cand[None])[0]
         return with_median(calibrated, chosen), cand
+
+    def choice_record(self) -> ChoiceRecord:
+        """What the point-forecast choice has learnt, for the workload's next run."""
+        return self.median_choice.record(0)
 
     def resolve(self, reserved: Mapping[str, float], *, final: bool = False) -> list[dict[str, Any]]:
         """Forecast rows whose target time has been observed (or, if ``final``, all of them).

@@ -4,6 +4,7 @@ Layout (hive partitioning, so pyarrow.dataset, DuckDB and Ray Data read it as is
 
     <root>/telemetry/workload=<name>/part-<ns>-<pid>-<seq>.parquet
     <root>/forecasts/workload=<name>/part-<ns>-<pid>-<seq>.parquet
+    <root>/choices/workload=<name>/part-<ns>-<pid>-<seq>.parquet   (one per run's end)
     <root>/_quarantine/...            corrupt files moved aside, never deleted
 
 Crash safety: every flush writes complete, immutable files. A file is written under a
@@ -57,7 +58,24 @@ FORECAST_SCHEMA = pa.schema(
     ]
 )
 
-TABLES: dict[str, pa.Schema] = {"telemetry": TELEMETRY_SCHEMA, "forecasts": FORECAST_SCHEMA}
+# What each workload's point-forecast choice had learnt when a run ended (``ChoiceRecord``):
+# its next run starts from the latest one.
+CHOICE_SCHEMA = pa.schema(
+    [
+        ("saved_at", pa.float64()),  # unix seconds; a run's rows share it
+        ("resource", pa.string()),
+        ("candidate", pa.string()),  # prae.model.combination.CANDIDATES
+        ("err", pa.float64()),  # decayed sum of absolute errors, raw units
+        ("weight", pa.float64()),  # decayed outcome count (per resource)
+        ("count", pa.int64()),  # outcomes seen (per resource)
+    ]
+)
+
+TABLES: dict[str, pa.Schema] = {
+    "telemetry": TELEMETRY_SCHEMA,
+    "forecasts": FORECAST_SCHEMA,
+    "choices": CHOICE_SCHEMA,
+}
 
 
 class FeedbackStore:
