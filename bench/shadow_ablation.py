@@ -20,8 +20,11 @@
 4. The point forecast, as the engine makes it (``chosen_points``): per horizon, the
    model's median, the last value or -- in the "with" arm -- ``shadow_change`` (the last
    value moved as the aligned shadow moved) or ``shadow_level`` (the aligned shadow in
-   live units), whichever has had the smallest error on this run so far
-   (``MedianSelector``). The model's own medians are reported too.
+   live units), whichever has had the smallest error so far (``MedianSelector``), starting
+   from what the same job's previous run taught it, as the engine carries it
+   (``ChoiceRecord``): the other variant's run, forecast by the model before it was
+   fine-tuned on that run (``--no-carried-choice``: from nothing; ``choice_not_carried``
+   reports that too). The model's own medians are reported too.
 5. Score the point forecast at every horizon 1..H of every test step:
    error = |forecast - actual| / (the run's mean of that resource), averaged over the
    resources the workload uses (mean above ``USED_FLOOR``). ``err_all_*`` averages all forecasts;
