@@ -131,12 +131,12 @@ class EngineLoop:
         self.retrainer = retrainer
         self.clock = clock
         self.flush_every = flush_every
-        self.trackers = {
-            w.name: WorkloadTracker(
-                w, config.run.interval_s, carried=latest_choice(store.read("choices", w.name), w.name)
-            )
-            for w in config.workloads
-        }
+        self.trackers = {}
+        for w in config.workloads:
+            carried = latest_choice(store.read("choices", w.name), w.name)
+            if carried is not None:
+                log.info("workload '%s': point-forecast choice carried from its previous run", w.name)
+            self.trackers[w.name] = WorkloadTracker(w, config.run.interval_s, carried=carried)
         self.policies = {w.name: workload_policy(w) for w in config.workloads}
         # Hysteresis against what was last asked for, shrink-rate limits, resizes counted
         # per workload-hour: the same planner drives the cluster simulator.
