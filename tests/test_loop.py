@@ -307,6 +307,9 @@ def test_a_workloads_next_run_starts_from_the_choice_its_last_run_learnt(tmp_pat
     errs = [2.0 * e for e in later.column("err").to_pylist()]
     later = later.set_column(3, "err", pa.array(errs))
     np.testing.assert_allclose(latest_choice(pa.concat_tables([table, later]), "steady").err, 2.0 * learnt["steady"].err)
+    holed = later.set_column(3, "err", pa.array([None] + errs[1:], pa.float64()))  # cpu's model err
+    partial = latest_choice(pa.concat_tables([table, holed]), "steady")
+    assert partial.count[0] == 0 and (partial.count[1:] == learnt["steady"].count[1:]).all()
     broken = later.set_column(3, "err", pa.array([-1.0] + errs[1:]))
     assert latest_choice(pa.concat_tables([table, broken]), "steady") is None
     assert "negative" in caplog.text and "choices/workload=steady" in caplog.text

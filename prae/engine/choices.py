@@ -50,6 +50,8 @@ def latest_choice(table: pa.Table, workload: str) -> ChoiceRecord | None:
     for row in rows:
         if row["resource"] not in RESOURCES or row["candidate"] not in CANDIDATES:
             continue  # written by another version of PRAE: what it shares still counts
+        if any(row[c] is None for c in ("err", "weight", "count")):
+            continue  # an incomplete row leaves its resource out
         r, k = RESOURCES.index(row["resource"]), CANDIDATES.index(row["candidate"])
         err[r, k], weight[r], count[r] = row["err"], row["weight"], row["count"]
     known = ~np.isnan(err).any(axis=1)  # a resource is carried with all its candidates or not at all
