@@ -339,7 +339,8 @@ def carried_choice(
     into the next run of a workload (``ChoiceRecord``)."""
     live, shadow, steps = windows_for(prev, model.window_steps, h, shadow_input, t0)
     n_c = 4 if with_shadow else 2
-    selectors = [MedianSelector(1, 4, half_life=half_life, n_candidates=n_c) for _ in range(h)]
+    n_r = len(prev.live[0])
+    selectors = [MedianSelector(1, n_r, half_life=half_life, n_candidates=n_c) for _ in range(h)]
     if steps:
         q50 = model.predict(live, shadow)[..., list(model.quantiles).index(0.5)]
         chosen_points(q50, prev, steps, h, with_shadow, half_life, selectors)
