@@ -54,8 +54,9 @@ DEFAULT_SHADOW_NICE = 5
 # as many threads as the role's CPU share, at least 1: what Ray gives a task or actor of
 # that many CPUs, so a workload runs alike under the engine's host actors and in a plain
 # WorkloadProcess (bench/). A value already in the environment wins. Unset, a 0.5-CPU
-# shadow started one OpenBLAS thread per host core in each of its Python processes.
-THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+# shadow started one OpenBLAS thread per host core in each of its Python processes. The
+# libraries read them at import, so the fork servers are keyed by the same variables.
+THREAD_ENV = forkserver.IMPORT_TIME_ENV
 # How long stop() waits for the fork server to report a killed shadow's exit.
 FORKED_REAP_TIMEOUT_S = 10.0
 # Where a shadow may write besides its own directory: device files (/dev/null, /dev/shm).
