@@ -145,11 +145,14 @@ class ForkedChild:
     reports. Closing the connection before the exit makes the server kill the child.
     """
 
-    def __init__(self, pid: int, conn: socket.socket, charge_cpu_s: float) -> None:
+    def __init__(
+        self, pid: int, conn: socket.socket, charge_cpu_s: float, buf: bytes = b""
+    ) -> None:
+        """``buf``: what the server sent after its fork reply (the exit, if it came already)."""
         self.pid = pid
         self.charge_cpu_s = charge_cpu_s
         self._conn: socket.socket | None = conn
-        self._buf = b""
+        self._buf = buf
 
     def poll(self, timeout_s: float | None = 0.0) -> ForkedExit | None:
         """The exit, once the server reported it; None while running. ``timeout_s`` None
@@ -244,9 +247,7 @@ def _request(conn: socket.socket, path: Path, request: dict[str, object]) -> For
     if "stale" in msg:
         conn.close()
         raise ForkServerError(f"fork server at {path} runs an older {msg['stale']}")
-    child = ForkedChild(int(msg["pid"]), conn, float(msg["charge_cpu_s"]))
-    child._buf = rest
-    return child
+    return ForkedChild(int(msg["pid"]), conn, float(msg["charge_cpu_s"]), rest)
 
 
 def _connect(path: Path) -> socket.socket | None:
@@ -507,6 +508,7 @@ def _run_child(launch: object, request: dict[str, object], close: list[int]) -> 
                 os.close(fd)
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
+        os.close(null)
         for fd, key in ((1, "stdout"), (2, "stderr")):
             out = os.open(str(request[key]), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             os.dup2(out, fd)
