@@ -8,6 +8,7 @@ import os
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,13 @@ def run_to_end(
         raise AssertionError(f"{wp} did not finish in {timeout_s}s")
     finally:
         wp.stop(grace_s=1.0)
+
+
+def wait_for(done: Callable[[], bool], timeout_s: float, step_s: float = 0.1) -> None:
+    """Poll ``done`` until it holds or ``timeout_s`` passes (the caller asserts what it needs)."""
+    deadline = time.monotonic() + timeout_s
+    while not done() and time.monotonic() < deadline:
+        time.sleep(step_s)
 
 
 def run_together(*wps: WorkloadProcess, timeout_s: float = 90.0) -> list[list[TelemetrySample]]:
@@ -325,9 +333,7 @@ def test_stop_ends_the_whole_tree_and_is_idempotent(tmp_path) -> None:
         spec("command", entrypoint=f'{sys.executable} -c "{code}"'), "live", tmp_path
     )
     wp.start()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and wp.sample() and len(wp._tree_pids()) < 2:
-        time.sleep(0.1)
+    wait_for(lambda: bool(wp.sample()) and len(wp._tree_pids()) >= 2, 10.0)
     pids = wp._tree_pids()
     assert len(pids) >= 2
     wp.stop(grace_s=2.0)
@@ -667,9 +673,7 @@ def test_forked_shadows_pay_the_imports_once_and_run_as_fresh_ones_do(tmp_path, 
     samples = [run_to_end(wp, interval_s=0.05) for wp in (first, second)]
     third = WorkloadProcess(s, "shadow", tmp_path / "s3", env=fork_env)
     third.start()
-    deadline = time.monotonic() + 60.0
-    while forkserver.running(third.pid) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for(lambda: not forkserver.running(third.pid), 60.0, step_s=0.01)
     # gone means exited: the server's report is awaited, not missed for a sample
     assert third.exit_code() == 0
     third.stop()
@@ -686,9 +690,7 @@ def test_forked_shadows_pay_the_imports_once_and_run_as_fresh_ones_do(tmp_path, 
     assert charge[0] > 0.5 and charge[1] < 0.2 * charge[0], charge
     assert first.cost_cpu_seconds > charge[0] and second.cost_cpu_seconds > charge[1]
     assert len(_sockets(fork_env)) == 1  # one server for both
-    deadline = time.monotonic() + 15.0
-    while _sockets(fork_env) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_for(lambda: not _sockets(fork_env), 15.0, step_s=0.2)
     assert not _sockets(fork_env), "the idle fork server did not exit"
 
 
@@ -736,9 +738,7 @@ def test_a_forked_shadow_dies_with_the_process_that_watched_it(tmp_path, fork_en
     finally:
         host.kill()
         host.wait()
-    deadline = time.monotonic() + 10.0
-    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 10.0)
     assert not os.path.exists(f"/proc/{pid}"), "the shadow outlived its host"
 
 
@@ -776,13 +776,9 @@ def test_a_forked_shadow_dies_with_its_fork_server(tmp_path, fork_env) -> None:
         server = read_stat(wp.pid).ppid
         assert wp.forked and server != os.getpid()
         os.kill(server, signal.SIGKILL)  # the server this test's shadow started
-        deadline = time.monotonic() + 10.0
-        while wp.exit_code() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_for(lambda: wp.exit_code() is not None, 10.0)
         assert wp.exit_code() == -1
-        deadline = time.monotonic() + 5.0
-        while forkserver.running(wp.pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_for(lambda: not forkserver.running(wp.pid), 5.0)
         assert not forkserver.running(wp.pid)  # an orphan's zombie waits for whoever adopted it
     finally:
         wp.stop(grace_s=0.5)
