@@ -80,3 +80,24 @@ def test_unknown_table_and_unwritable_root(tmp_path):
     blocker.write_text("x")
     with pytest.raises(StoreError, match="Fix:"):
         FeedbackStore(blocker / "store")
+
+
+def test_newest_reads_only_the_latest_readable_files(tmp_path, caplog):
+    """A workload's next run reads only its last run's choices file, however many runs the
+    store has seen; a corrupt newest file is quarantined and the one before it is used."""
+    store = FeedbackStore(tmp_path)
+    for run in range(5):
+        store.append("telemetry", "a", [tel(run, cpu=run), tel(run + 0.5, cpu=run)])
+        store.flush()
+    store.append("telemetry", "b", [tel(9, cpu=9.0)])
+    store.flush()
+    assert store.read("telemetry", "a", newest=1).column("cpu").to_pylist() == [4.0, 4.0]
+    assert store.read("telemetry", "a", newest=2).column("cpu").to_pylist() == [3.0, 3.0, 4.0, 4.0]
+    assert store.read("telemetry", "a", newest=50).num_rows == 10
+    newest = store.files("telemetry", "a")[-1]
+    newest.write_bytes(b"PAR1 torn")
+    assert store.read("telemetry", "a", newest=1).column("cpu").to_pylist() == [3.0, 3.0]
+    assert "corrupt Parquet file" in caplog.text
+    assert (tmp_path / "_quarantine" / "telemetry" / "workload=a" / newest.name).exists()
+    with pytest.raises(StoreError, match="newest must be >= 1"):
+        store.read("telemetry", "a", newest=0)

@@ -133,7 +133,8 @@ class EngineLoop:
         self.flush_every = flush_every
         self.trackers = {}
         for w in config.workloads:
-            carried = latest_choice(store.read("choices", w.name), w.name)
+            # a run's end writes one choices file per workload: the newest is its last run's
+            carried = latest_choice(store.read("choices", w.name, newest=1), w.name)
             if carried is not None:
                 log.info("workload '%s': point-forecast choice carried from its previous run", w.name)
             self.trackers[w.name] = WorkloadTracker(w, config.run.interval_s, carried=carried)

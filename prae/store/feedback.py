@@ -154,8 +154,20 @@ class FeedbackStore:
         pattern = f"workload={workload}/*.parquet" if workload else "workload=*/*.parquet"
         return sorted(base.glob(pattern))
 
-    def read(self, table: str, workload: str | None = None, *, strict: bool = False) -> pa.Table:
+    def read(
+        self,
+        table: str,
+        workload: str | None = None,
+        *,
+        strict: bool = False,
+        newest: int | None = None,
+    ) -> pa.Table:
         """All rows of ``table`` (with a ``workload`` column), optionally of one workload.
+
+        ``newest=k``: only the rows of the k most recently written readable files (file
+        names start with the write time in ns, so name order is write order). Why: a
+        workload's next run needs only its last run's ``choices`` file, and a store that
+        has seen ten thousand runs should not read ten thousand files to start one.
 
         A corrupt file is moved to ``_quarantine/`` and skipped with a warning, so one bad
         file never hides the rest; with ``strict=True`` it raises :class:`CorruptStoreFileError`
@@ -163,8 +175,15 @@ class FeedbackStore:
         """
         if table not in TABLES:
             raise StoreError(f"unknown table '{table}'; the store has {', '.join(TABLES)}")
+        if newest is not None and newest < 1:
+            raise StoreError(f"newest must be >= 1 file, got {newest}")
         parts = []
-        for path in self.files(table, workload):
+        paths = self.files(table, workload)
+        if newest is not None:
+            paths.reverse()  # newest first, stopping once ``newest`` files were read
+        for path in paths:
+            if newest is not None and len(parts) == newest:
+                break
             try:
                 part = pq.read_table(path, schema=TABLES[table])
             except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
@@ -182,6 +201,8 @@ class FeedbackStore:
         if not parts:
             schema = TABLES[table].append(pa.field("workload", pa.string()))
             return schema.empty_table()
+        if newest is not None:
+            parts.reverse()  # back to write order
         return pa.concat_tables(parts)
 
     def _quarantine(self, path: Path) -> Path:
