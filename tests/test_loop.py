@@ -278,14 +278,20 @@ def test_tracker_chooses_the_last_value_where_the_model_median_keeps_missing():
     raw = np.array([[0.5, 1.3, 2.0, 2.2, 2.5]] * 4)  # (R, Q): median 1.3, truth 1.0
     for t in range(25):  # 20 outcomes before anything but the model may be chosen
         tr.live.extend([TelemetrySample(ts=float(t), cpu=1.0, mem=1.0, disk=1.0, net=1.0)])
-        cal, cand = tr.point_forecast(raw, raw.copy(), 1)
+        cal, cand, tails = tr.point_forecast(raw, raw.copy(), 1)
         if t == 0:
             assert cal[0, i50] == 1.3  # no outcome yet: the model
-        tr.add_forecast(PendingForecast(float(t), t + 1.0, cal, raw, "model", "v", False, cand))
+        tr.add_forecast(PendingForecast(float(t), t + 1.0, cal, raw, "model", "v", False, cand, tails))
         tr.resolve({})
-    cal, _ = tr.point_forecast(raw, raw.copy(), 1)
+    cal, *_ = tr.point_forecast(raw, raw.copy(), 1)
     assert cal[0, i50] == 1.0
-    assert np.array_equal(np.delete(cal, i50, axis=1), np.delete(raw, i50, axis=1))
+    # cpu and mem keep the model's other quantiles; disk and net (the tail resources) take
+    # their levels >= q0.9 from the last value plus this run's changes, all 0 here
+    cpu_mem = [RESOURCES.index("cpu"), RESOURCES.index("mem")]
+    assert np.array_equal(np.delete(cal, i50, axis=1)[cpu_mem], np.delete(raw, i50, axis=1)[cpu_mem])
+    upper = np.array(QUANTILES) >= 0.9
+    for r in (RESOURCES.index("disk"), RESOURCES.index("net")):
+        assert cal[r, upper].tolist() == [1.0] * int(upper.sum()) and cal[r, 0] == raw[r, 0]
 
 
 def test_a_workloads_next_run_starts_from_the_choice_its_last_run_learnt(tmp_path, caplog):
@@ -326,7 +332,7 @@ def test_a_tracker_with_a_carried_choice_uses_the_last_value_from_the_start():
     tr = WorkloadTracker(WorkloadSpec(name="flat", kind="etl"), interval_s=1.0, carried=carried)
     tr.live.extend([TelemetrySample(ts=0.0, cpu=1.0, mem=1.0, disk=1.0, net=1.0)])
     raw = np.array([[0.5, 1.3, 2.0, 2.2, 2.5]] * 4)
-    cal, _ = tr.point_forecast(raw, raw.copy(), 1)
+    cal, *_ = tr.point_forecast(raw, raw.copy(), 1)
     assert cal[:, QUANTILES.index(0.5)].tolist() == [1.0] * 4
 
 
@@ -353,8 +359,8 @@ def test_tracker_follows_a_shadow_that_foreshadows_the_live_run():
         p = t / 100
         tr.live.extend([TelemetrySample(ts=1.0 + t, cpu=level(p), mem=1.0, disk=1.0, net=1.0, progress=p)])
         tr.resolve({})
-        cal, cand = tr.point_forecast(raw, raw.copy(), lead)
-        tr.add_forecast(PendingForecast(1.0 + t, 1.0 + t + lead, cal, raw, "model", "v", True, cand))
+        cal, cand, tails = tr.point_forecast(raw, raw.copy(), lead)
+        tr.add_forecast(PendingForecast(1.0 + t, 1.0 + t + lead, cal, raw, "model", "v", True, cand, tails))
         future = level((t + lead) / 100)
         if t >= 25 and future != level(p):  # a step change is coming; the last value misses it
             steps_before_change += 1
@@ -385,8 +391,8 @@ def test_tracker_forecasts_a_burst_from_nothing_with_the_shadow_level():
         p = t / 100
         tr.live.extend([TelemetrySample(ts=1.0 + t, cpu=1.0, mem=1.0, disk=burst(p), net=1.0, progress=p)])
         tr.resolve({})
-        cal, cand = tr.point_forecast(raw, raw.copy(), lead)
-        tr.add_forecast(PendingForecast(1.0 + t, 1.0 + t + lead, cal, raw, "model", "v", True, cand))
+        cal, cand, tails = tr.point_forecast(raw, raw.copy(), lead)
+        tr.add_forecast(PendingForecast(1.0 + t, 1.0 + t + lead, cal, raw, "model", "v", True, cand, tails))
         if t >= 45 and burst((t + lead) / 100) > 0 and burst(p) == 0:
             bursts_ahead += 1
             hits += bool(np.isclose(cal[disk, i50], 2.0))

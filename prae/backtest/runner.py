@@ -10,6 +10,9 @@ policy sees the forecasts issued at t. ``run_backtest`` is a list of named, time
     calibrate   online conformal adjustment, step by step, vectorised over series
     point       per series, the median is the model's or the last value, whichever had
                 the smaller recent resolved error (prae.model.combination)
+    tail        per series, disk and net take the levels >= q0.9 from the last value plus
+                the series' own recent changes where that tail has had the smaller recent
+                pinball loss (prae.model.tails)
     allocate    the violation-budget policy: one price per resource carried over the
                 steps (pooled over workload-steps), or per step across the series alive
     baselines   reactive, max-1h, VPA, Autopilot, seasonal naive, oracle
@@ -30,6 +33,13 @@ from prae.backtest.baselines import all_baselines, last_value
 from prae.model.calibration import CalibrationBank
 from prae.model.combination import MedianSelector, point_candidates, with_median
 from prae.model.predictor import Predictor
+from prae.model.tails import (
+    INCREMENT_WINDOW,
+    TAIL_HALF_LIFE,
+    TAIL_RESOURCES,
+    IncrementQuantiles,
+    TailSelector,
+)
 from prae.model.training import TrainingWindows, concat_windows, fit, windows_from_series
 from prae.policy.violation_budget import PooledBudget, allocate_quantiles
 from prae.resources import QUANTILES, RESOURCES
@@ -51,6 +61,9 @@ class BacktestConfig:
     season_s: float = 86400.0
     extra_budgets: tuple[float, ...] = (0.01, 0.05)  # policy also run at these (metrics)
     median_half_life: float | None = 288.0  # MedianSelector memory (outcomes); None: off
+    tail_resources: tuple[str, ...] = TAIL_RESOURCES  # TailSelector may choose for these; (): off
+    tail_half_life: float = TAIL_HALF_LIFE
+    increment_window: int = INCREMENT_WINDOW
     pooled_budget: bool = True  # one price over time (PooledBudget); False: per step
     budget_price_rate: float = 0.005  # PooledBudget.rate
 
@@ -250,6 +263,30 @@ def choose_median(grid: Grid, raw: np.ndarray, cfg: BacktestConfig, lead: int) -
     return out
 
 
+def choose_tail(grid: Grid, cal: np.ndarray, cfg: BacktestConfig, lead: int) -> np.ndarray:
+    """Calibrated quantiles (S, T, R, Q) whose levels >= q0.9 are, per series and resource
+    in ``cfg.tail_resources``, the model's or the last value plus the series' recent
+    changes over the lead (``IncrementQuantiles``), whichever had the smaller recent
+    pinball loss (``TailSelector``). Causal like ``choose_median``."""
+    s_n, _, r_n, _ = cal.shape
+    last = last_value(grid.y)
+    inc = IncrementQuantiles(s_n, r_n, window=cfg.increment_window)
+    sel = TailSelector(s_n, r_n, half_life=cfg.tail_half_life, resources=cfg.tail_resources)
+    tails = np.full(cal.shape, np.nan)  # the increments' tail issued at each step
+    out = cal.copy()
+
+    def learn(idx: np.ndarray, tt: int, t: int) -> None:
+        inc.update(idx, last[idx, tt], grid.y[idx, t])
+        sel.update(idx, np.stack([cal[idx, tt], tails[idx, tt]], axis=-2), grid.y[idx, t])
+
+    def act(idx: np.ndarray, t: int) -> None:
+        tails[idx, t] = inc.forecast(idx, last[idx, t])
+        out[idx, t] = sel.select(idx, np.stack([cal[idx, t], tails[idx, t]], axis=-2))
+
+    walk_causally(~np.isnan(cal[..., 0, 0]), lead, learn, act)
+    return out
+
+
 def walk_causally(
     has: np.ndarray, lead: int, learn: Callable[[np.ndarray, int, int], None], act: Callable[[np.ndarray, int], None]
 ) -> None:
@@ -346,6 +383,12 @@ def run_backtest(series: list[Series], predictor: Predictor, cfg: BacktestConfig
     if cfg.median_half_life is not None:
         cal = with_median(cal, choose_median(grid, raw, cfg, lead))
     timed("point", t0)
+
+    # after the median, so tail levels under a chosen median are raised to it
+    t0 = time.perf_counter()
+    if cfg.tail_resources:
+        cal = choose_tail(grid, cal, cfg, lead)
+    timed("tail", t0)
 
     t0 = time.perf_counter()
     allocs: dict[float, np.ndarray] = {}

@@ -10,7 +10,7 @@ import math
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -24,6 +24,7 @@ from prae.model.combination import (
     point_candidates,
     with_median,
 )
+from prae.model.tails import IncrementQuantiles, TailSelector
 from prae.resources import QUANTILE_COLUMNS, QUANTILES, RESOURCES
 from prae.telemetry.alignment import align_shadow_by_progress
 from prae.telemetry.sample import TelemetrySample
@@ -80,6 +81,16 @@ class PendingForecast:
     model_version: str
     shadow_used: bool
     candidates: np.ndarray | None = None  # (R, K) the point-forecast candidates at issue
+    tails: np.ndarray | None = None  # (R, 2, Q) the model's and the increments' tails at issue
+
+
+class IssuedForecast(NamedTuple):
+    """What ``WorkloadTracker.point_forecast`` issues: the quantiles (R, Q) to act on, and
+    what to score when the target comes: the point candidates (R, K) and the tails (R, 2, Q)."""
+
+    quantiles: np.ndarray
+    candidates: np.ndarray
+    tails: np.ndarray
 
 
 @dataclass
@@ -118,6 +129,10 @@ class WorkloadTracker:
         )
         if carried is not None:
             self.median_choice.restore(0, carried)
+        # The backtest's tail choice too (prae.backtest.runner.choose_tail): disk and net
+        # may take their levels >= q0.9 from the last value plus this run's own changes.
+        self.increments = IncrementQuantiles(1, len(RESOURCES))
+        self.tail_choice = TailSelector(1, len(RESOURCES))
         self.released = False
         self._aligned: dict[tuple[int, int, int], np.ndarray] = {}  # see aligned_shadow
 
@@ -174,13 +189,12 @@ class WorkloadTracker:
     def add_forecast(self, fc: PendingForecast) -> None:
         self.pending.append(fc)
 
-    def point_forecast(
-        self, raw: np.ndarray, calibrated: np.ndarray, lead_steps: int
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def point_forecast(self, raw: np.ndarray, calibrated: np.ndarray, lead_steps: int) -> IssuedForecast:
         """The calibrated forecast (R, Q) for ``lead_steps`` ahead with its median replaced
-        by the chosen candidate (kept inside [q0.1, q0.9]), and the candidates (R, K) to
-        score when the target comes."""
+        by the chosen candidate (kept inside [q0.1, q0.9]) and then its tail chosen
+        (``TailSelector``), and the candidates and tails to score when the target comes."""
         i50 = QUANTILES.index(0.5)
+        one = np.zeros(1, np.int64)
         nan = np.full(len(RESOURCES), np.nan)
         last = np.asarray(self.live.values[-1], dtype=float) if self.live.values else nan
         now, ahead, ratio = nan, nan, nan
@@ -189,8 +203,11 @@ class WorkloadTracker:
             now, ahead = now_all[-1], self.aligned_shadow(lead_steps)[-1]
             ratio = level_ratio(self.live.array(), now_all)
         cand = point_candidates(np.asarray(raw, dtype=float)[:, i50], last, now, ahead, ratio)
-        chosen = self.median_choice.select(np.zeros(1, np.int64), cand[None])[0]
-        return with_median(calibrated, chosen), cand
+        chosen = self.median_choice.select(one, cand[None])[0]
+        with_point = with_median(calibrated, chosen)
+        # the tail after the median: levels under a median the shadow foresaw are raised to it
+        tails = np.stack([with_point, self.increments.forecast(one, last[None])[0]], axis=-2)
+        return IssuedForecast(self.tail_choice.select(one, tails[None])[0], cand, tails)
 
     def choice_record(self) -> ChoiceRecord:
         """What the point-forecast choice has learnt, for the workload's next run."""
@@ -212,8 +229,13 @@ class WorkloadTracker:
             if near is not None and abs(near[0] - fc.target_ts) <= max(tolerance, self.interval_s):
                 actual = near[1]
                 self.calibrator.update(fc.raw, actual)
+                one, y = np.zeros(1, np.int64), np.asarray(actual, dtype=float)[None]
                 if fc.candidates is not None:
-                    self.median_choice.update(np.zeros(1, np.int64), fc.candidates[None], np.asarray(actual)[None])
+                    self.median_choice.update(one, fc.candidates[None], y)
+                if fc.tails is not None and fc.candidates is not None:
+                    at_issue = fc.candidates[:, CANDIDATES.index("last_value")]
+                    self.increments.update(one, at_issue[None], y)
+                    self.tail_choice.update(one, fc.tails[None], y)
             for r, res in enumerate(RESOURCES):
                 row: dict[str, Any] = {
                     "issued_at": fc.issued_at,

@@ -194,13 +194,17 @@ class MedianSelector:
         candidates forecast for the target (a NaN one scores as the model's); actual:
         shape (n, R) (NaN = not observed, skipped).
         """
-        idx = np.asarray(idx, dtype=np.int64)
         issued = self._filled(issued)
         actual = np.asarray(actual, dtype=np.float64)
-        ok = ~np.isnan(actual) & ~np.isnan(issued).any(axis=-1)  # (n, R)
-        e = np.abs(np.where(ok, actual, 0.0)[..., None] - np.nan_to_num(issued))
+        e = np.abs(actual[..., None] - issued)
+        self._record(np.asarray(idx, dtype=np.int64), e, actual)
+
+    def _record(self, idx: np.ndarray, loss: np.ndarray, actual: np.ndarray) -> None:
+        """Decay and add ``loss`` (n, R, K) where ``actual`` (n, R) was observed and every
+        candidate's loss is known."""
+        ok = ~np.isnan(actual) & ~np.isnan(loss).any(axis=-1)  # (n, R)
         d = self.decay
-        self.err[idx] = np.where(ok[..., None], d * self.err[idx] + e, self.err[idx])
+        self.err[idx] = np.where(ok[..., None], d * self.err[idx] + np.nan_to_num(loss), self.err[idx])
         self.weight[idx] = np.where(ok, d * self.weight[idx] + 1.0, self.weight[idx])
         self.count[idx] += ok
 

@@ -1,0 +1,93 @@
+"""The per-workload tail choice: the model's calibrated tail or the last value plus the
+workload's own recent changes (prae.model.tails), in the backtest and the live tracker."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from prae.model.tails import IncrementQuantiles, TailSelector
+from prae.resources import QUANTILES, RESOURCES
+
+R = len(RESOURCES)
+DISK, CPU = RESOURCES.index("disk"), RESOURCES.index("cpu")
+UPPER = np.array(QUANTILES) >= 0.9
+
+
+def test_increment_quantiles_are_the_last_value_plus_the_quantiles_of_recent_changes():
+    iq = IncrementQuantiles(2, R, window=50, min_count=5)
+    idx = np.array([0])
+    changes = np.r_[np.zeros(45), np.full(5, 38.0)]
+    for k, c in enumerate(changes):
+        last = np.full((1, R), 2.0)
+        assert np.isnan(iq.forecast(idx, last)).all() == (k < 5)  # too few changes known
+        iq.update(idx, last, last + c)
+    got = iq.forecast(idx, np.full((1, R), 2.0))[0, DISK]
+    np.testing.assert_allclose(got, 2.0 + np.quantile(changes, QUANTILES), rtol=1e-6)
+    assert np.isnan(iq.forecast(np.array([1]), np.ones((1, R)))).all()  # the other series
+    # the window forgets: 50 more changes of -1 replace every earlier one; values stay >= 0
+    for _ in range(50):
+        iq.update(idx, np.full((1, R), 0.5), np.full((1, R), -0.5))
+    np.testing.assert_allclose(iq.forecast(idx, np.full((1, R), 0.5))[0], 0.0)
+    # a missing actual is skipped, not counted
+    before = iq.count.copy()
+    iq.update(idx, np.ones((1, R)), np.full((1, R), np.nan))
+    assert (iq.count == before).all()
+    with pytest.raises(ValueError, match="min_count"):
+        IncrementQuantiles(1, R, window=10, min_count=11)
+
+
+def test_tail_selector_takes_the_tighter_calibrated_tail_only_for_its_resources():
+    """A disk idling at 1 with a burst to 9 every 20 steps: the model's tail above 0.9 is 30
+    (far too loose), the increments' tail knows the bursts. After 20 outcomes disk takes the
+    increments' upper levels, cpu (not a tail resource) keeps the model's, and q0.1 and the
+    median never change."""
+    sel = TailSelector(1, R, half_life=100.0)
+    idx = np.zeros(1, np.int64)
+    model = np.tile(np.array([0.5, 1.0, 30.0, 40.0, 50.0]), (1, R, 1))
+    rng = np.random.default_rng(0)
+    for t in range(40):
+        y = np.full((1, R), 9.0 if t % 20 == 19 else 1.0)
+        inc = np.tile(np.array([1.0, 1.0, 1.0, 9.0, 9.0]) + rng.normal(0, 0.01, 5), (1, R, 1))
+        cand = np.stack([model, np.sort(inc, axis=-1)], axis=-2)  # (1, R, 2, Q)
+        out = sel.select(idx, cand)[0]
+        if t < 20:  # the model stands until MIN_OUTCOMES
+            np.testing.assert_array_equal(out, model[0])
+        sel.update(idx, cand, y)
+    out = sel.select(idx, cand)[0]
+    assert sel.choice(idx)[0, DISK] == 1 and sel.choice(idx)[0, CPU] == 0
+    np.testing.assert_allclose(out[DISK, UPPER], np.maximum.accumulate(cand[0, DISK, 1])[UPPER])
+    np.testing.assert_array_equal(out[DISK, ~UPPER], model[0, DISK, ~UPPER])
+    np.testing.assert_array_equal(out[CPU], model[0, CPU])
+    assert (np.diff(out, axis=-1) >= 0).all()
+    # an unknown increments tail (NaN) is never used, and scores as the model's
+    cand[..., 1, :] = np.nan
+    np.testing.assert_array_equal(sel.select(idx, cand)[0], model[0])
+    with pytest.raises(ValueError, match="tail resources"):
+        TailSelector(1, R, resources=("gpu",))
+
+
+def test_the_backtest_chooses_tails_causally_and_only_for_disk_and_net():
+    """``choose_tail`` on a disk that idles at 1 with a burst every 10 steps, forecast with a
+    loose tail (q0.9.. = 20, 30, 40): after warm-up its tails are the increments' (much
+    tighter), cpu's are untouched, and a forecast issued at t does not change when values
+    after t change."""
+    from prae.backtest.runner import BacktestConfig, Grid, choose_tail
+
+    t_n, lead = 400, 3
+    y = np.ones((1, t_n, R))
+    y[0, 9::10, DISK] = 6.0
+    cal = np.tile(np.array([0.5, 1.0, 20.0, 30.0, 40.0]), (1, t_n, R, 1))
+    cal[0, t_n - lead :] = np.nan  # no target inside the series
+    grid = Grid(("vm",), 300.0, np.zeros(1), np.zeros(1, np.int64), np.array([t_n]), y, np.ones((1, R), bool))
+    out = choose_tail(grid, cal, BacktestConfig(), lead)
+    late = slice(200, t_n - lead)
+    top = out[0, late, DISK][:, UPPER].max(axis=-1)  # was 40: now the last value + a burst's +5
+    assert (top <= np.where(y[0, late, DISK] > 1.0, 11.0, 6.0)).all()
+    np.testing.assert_array_equal(out[0, :, CPU], cal[0, :, CPU])
+    np.testing.assert_array_equal(out[0, late, DISK][:, ~UPPER], cal[0, late, DISK][:, ~UPPER])
+    future = y.copy()
+    future[0, 300:, DISK] = 50.0
+    again = choose_tail(Grid(("vm",), 300.0, grid.starts, grid.offsets, grid.lengths, future, grid.has_resource), cal, BacktestConfig(), lead)
+    np.testing.assert_array_equal(again[0, :300], out[0, :300])
+    assert not np.array_equal(again[0, 300:], out[0, 300:])
