@@ -202,6 +202,9 @@ def test_bad_inputs_exit_2_with_the_fix(
         == 2
     )
     assert "missing.pt" in capsys.readouterr().err
+    args = ["--trace", str(good), "--out", str(tmp_path / "o"), "--checkpoint", str(tiny_ckpt)]
+    assert backtest_main([*args, "--tail-resources", "disk,gpu"]) == 2
+    assert "--tail-resources" in (err := capsys.readouterr().err) and "gpu" in err and "cpu,mem,disk,net" in err
 
 
 def test_baselines_are_causal_and_right() -> None:

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from prae.errors import PraeError
+from prae.resources import RESOURCES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,6 +61,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--series", default=None, help="comma-separated series ids / file stems to keep"
     )
     parser.add_argument("--max-series", type=int, default=None, help="keep the first N series")
+    parser.add_argument(
+        "--tail-resources",
+        default="disk,net",
+        help="resources whose levels >= q0.9 may come from their own recent changes "
+        "(prae.model.tails; default disk,net; 'none' = the model's tail for all)",
+    )
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     # --simulate-cluster and its options (added by the allocator/simulator owner: prae/simulate/cli.py)
     from prae.simulate.cli import add_arguments as add_simulation_arguments
@@ -77,6 +84,13 @@ def run(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     try:
+        tails = tuple(r.strip() for r in args.tail_resources.split(",") if r.strip() not in ("", "none"))
+        bad = [r for r in tails if r not in RESOURCES]
+        if bad:
+            raise ValueError(
+                f"--tail-resources: unknown resource(s) {', '.join(bad)}; use a comma-separated "
+                f"subset of {','.join(RESOURCES)}, or 'none'"
+            )
         ids = [s.strip() for s in args.series.split(",")] if args.series else None
         series = load_trace(
             args.trace, args.format, step_s=args.step_s, ids=ids, limit=args.max_series
@@ -92,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
             retrain_windows=args.retrain_windows,
             retrain_epochs=args.retrain_epochs,
             warmup_s=args.warmup_s,
+            tail_resources=tails,
         )
         t_load = time.perf_counter() - t0
         result = run_backtest(series, predictor, cfg)
