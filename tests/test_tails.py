@@ -15,26 +15,29 @@ UPPER = np.array(QUANTILES) >= 0.9
 
 
 def test_increment_quantiles_are_the_last_value_plus_the_quantiles_of_recent_changes():
-    iq = IncrementQuantiles(2, R, window=50, min_count=5)
+    iq = IncrementQuantiles(2, window=50, min_count=5)  # for disk and net
     idx = np.array([0])
     changes = np.r_[np.zeros(45), np.full(5, 38.0)]
     for k, c in enumerate(changes):
         last = np.full((1, R), 2.0)
-        assert np.isnan(iq.forecast(idx, last)).all() == (k < 5)  # too few changes known
+        assert np.isnan(iq.forecast(idx, last)[0, DISK]).all() == (k < 5)  # too few changes known
         iq.update(idx, last, last + c)
-    got = iq.forecast(idx, np.full((1, R), 2.0))[0, DISK]
-    np.testing.assert_allclose(got, 2.0 + np.quantile(changes, QUANTILES), rtol=1e-6)
+    got = iq.forecast(idx, np.full((1, R), 2.0))[0]
+    np.testing.assert_allclose(got[DISK], 2.0 + np.quantile(changes, QUANTILES), rtol=1e-6)
+    assert np.isnan(got[CPU]).all()  # cpu keeps the model's tail: its changes are not kept
     assert np.isnan(iq.forecast(np.array([1]), np.ones((1, R)))).all()  # the other series
     # the window forgets: 50 more changes of -1 replace every earlier one; values stay >= 0
     for _ in range(50):
         iq.update(idx, np.full((1, R), 0.5), np.full((1, R), -0.5))
-    np.testing.assert_allclose(iq.forecast(idx, np.full((1, R), 0.5))[0], 0.0)
+    np.testing.assert_allclose(iq.forecast(idx, np.full((1, R), 0.5))[0, DISK], 0.0)
     # a missing actual is skipped, not counted
     before = iq.count.copy()
     iq.update(idx, np.ones((1, R)), np.full((1, R), np.nan))
     assert (iq.count == before).all()
     with pytest.raises(ValueError, match="min_count"):
-        IncrementQuantiles(1, R, window=10, min_count=11)
+        IncrementQuantiles(1, window=10, min_count=11)
+    with pytest.raises(ValueError, match="tail resources"):
+        IncrementQuantiles(1, ("disk", "gpu"))
 
 
 def test_tail_selector_takes_the_tighter_calibrated_tail_only_for_its_resources():

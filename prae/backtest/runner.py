@@ -270,21 +270,18 @@ def choose_tail(grid: Grid, cal: np.ndarray, cfg: BacktestConfig, lead: int) -> 
     pinball loss (``TailSelector``). Causal like ``choose_median``."""
     s_n, _, r_n, _ = cal.shape
     last = last_value(grid.y)
+    inc = IncrementQuantiles(s_n, cfg.tail_resources, window=cfg.increment_window)
     sel = TailSelector(s_n, r_n, half_life=cfg.tail_half_life, resources=cfg.tail_resources)
-    cols = [RESOURCES.index(r) for r in cfg.tail_resources]  # the others never take it
-    inc = IncrementQuantiles(s_n, len(cols), window=cfg.increment_window)
     tails = np.full(cal.shape, np.nan)  # the increments' tail issued at each step
     out = cal.copy()
 
     def learn(idx: np.ndarray, tt: int, t: int) -> None:
-        inc.update(idx, last[idx, tt][:, cols], grid.y[idx, t][:, cols])
+        inc.update(idx, last[idx, tt], grid.y[idx, t])
         sel.update(idx, np.stack([cal[idx, tt], tails[idx, tt]], axis=-2), grid.y[idx, t])
 
     def act(idx: np.ndarray, t: int) -> None:
-        tail = np.full((len(idx), *cal.shape[2:]), np.nan)
-        tail[:, cols] = inc.forecast(idx, last[idx, t][:, cols])
-        tails[idx, t] = tail
-        out[idx, t] = sel.select(idx, np.stack([cal[idx, t], tail], axis=-2))
+        tails[idx, t] = inc.forecast(idx, last[idx, t])
+        out[idx, t] = sel.select(idx, np.stack([cal[idx, t], tails[idx, t]], axis=-2))
 
     walk_causally(~np.isnan(cal[..., 0, 0]), lead, learn, act)
     return out

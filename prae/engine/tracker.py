@@ -131,7 +131,7 @@ class WorkloadTracker:
             self.median_choice.restore(0, carried)
         # The backtest's tail choice too (prae.backtest.runner.choose_tail): disk and net
         # may take their levels >= q0.9 from the last value plus this run's own changes.
-        self.increments = IncrementQuantiles(1, len(RESOURCES))
+        self.increments = IncrementQuantiles(1)
         self.tail_choice = TailSelector(1, len(RESOURCES))
         self.released = False
         self._aligned: dict[tuple[int, int, int], np.ndarray] = {}  # see aligned_shadow

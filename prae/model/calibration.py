@@ -72,6 +72,18 @@ def level_windows(
     return tuple(out)
 
 
+def at_rank(srt: np.ndarray, rank: np.ndarray) -> np.ndarray:
+    """Values at fractional ``rank`` (0-based, linear between neighbours) of windows sorted
+    along the last axis. srt: (..., W) sorted, empty slots (NaN) last; rank: (..., k) with
+    0 <= rank <= (valid values - 1). Returns (..., k).
+    Worked number: srt [1, 3, 7, NaN], rank 1.5 -> 5."""
+    lo = np.floor(rank).astype(np.int64)
+    hi = np.minimum(lo + 1, srt.shape[-1] - 1)
+    a = np.take_along_axis(srt, lo, axis=-1)
+    b = np.take_along_axis(srt, hi, axis=-1)
+    return np.where(rank > lo, a + (b - a) * (rank - lo), a)
+
+
 class CalibrationBank:
     """Calibration state of ``n_series`` workloads.
 
@@ -154,13 +166,9 @@ class CalibrationBank:
             rank = self.tau_eff[idx][:, :, cols] * (n_valid + 1) - 1  # finite-sample conformal rank
             top = np.maximum(n_valid - 1, 0)
             rank = np.clip(rank, 0, top)
-            lo = np.floor(rank).astype(np.int64)
-            hi = np.minimum(lo + 1, top)
             srt = ring[idx]  # a copy, sorted in place (NaN = empty sorts last)
             srt.sort(axis=-1)
-            a = np.take_along_axis(srt, lo[..., None], axis=-1)[..., 0]
-            b = np.take_along_axis(srt, hi[..., None], axis=-1)[..., 0]
-            part = np.where(n_valid > 0, a + (b - a) * (rank - lo), 0.0)
+            part = np.where(n_valid > 0, at_rank(srt, rank[..., None])[..., 0], 0.0)
             part *= n_valid / (n_valid + _SHRINK_N0)
             off[:, :, cols] = np.nan_to_num(part, nan=0.0)
         return off

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from prae.model.calibration import at_rank
 from prae.model.combination import MIN_OUTCOMES, MedianSelector
 from prae.resources import QUANTILES, RESOURCES
 
@@ -48,16 +49,18 @@ TAIL_HALF_LIFE = 2016.0
 
 
 class IncrementQuantiles:
-    """The last value plus the empirical quantiles of each workload's recent changes.
+    """The last value plus the empirical quantiles of each workload's recent changes, for
+    the ``resources`` that may take them (the others' columns are NaN: they keep the
+    model's tail, and keeping their changes would be work for nothing).
 
-    Arrays (S = series, R = resources, W = window): ring (S, R, W) of changes (NaN =
-    empty), count (S, R) changes written.
+    Arrays (S = series, C = len(resources), W = window): ring (S, C, W) of changes (NaN =
+    empty), count (S, C) changes written. Inputs and outputs have every resource (R).
     """
 
     def __init__(
         self,
         n_series: int,
-        n_resources: int = len(RESOURCES),
+        resources: tuple[str, ...] = TAIL_RESOURCES,
         quantiles: tuple[float, ...] = QUANTILES,
         window: int = INCREMENT_WINDOW,
         min_count: int = MIN_OUTCOMES,
@@ -66,36 +69,44 @@ class IncrementQuantiles:
             raise ValueError(f"window must be >= 1 change, got {window}")
         if not 1 <= min_count <= window:
             raise ValueError(f"min_count must be in 1..window ({window}), got {min_count}")
+        self._cols = _columns(resources)
         self.quantiles = np.asarray(quantiles, dtype=np.float64)
         self.window = int(window)
         self.min_count = int(min_count)
-        self.ring = np.full((n_series, n_resources, self.window), np.nan, np.float32)
-        self.count = np.zeros((n_series, n_resources), np.int64)
+        self.ring = np.full((n_series, len(self._cols), self.window), np.nan, np.float32)
+        self.count = np.zeros((n_series, len(self._cols)), np.int64)
 
     def update(self, idx: np.ndarray, last: np.ndarray, actual: np.ndarray) -> None:
         """idx: shape (n,) distinct series; last: shape (n, R) the last value when the
         forecast was issued; actual: shape (n, R) the value at its target (NaN = skipped)."""
         idx = np.asarray(idx, dtype=np.int64)
-        change = np.asarray(actual, dtype=np.float64) - np.asarray(last, dtype=np.float64)
-        ii, rr = np.nonzero(~np.isnan(change))
+        change = (np.asarray(actual, dtype=np.float64) - np.asarray(last, dtype=np.float64))[:, self._cols]
+        ii, cc = np.nonzero(~np.isnan(change))
         s = idx[ii]
-        self.ring[s, rr, self.count[s, rr] % self.window] = change[ii, rr]
-        self.count[s, rr] += 1
+        self.ring[s, cc, self.count[s, cc] % self.window] = change[ii, cc]
+        self.count[s, cc] += 1
 
     def forecast(self, idx: np.ndarray, last: np.ndarray) -> np.ndarray:
         """last: shape (n, R) -> quantiles (n, R, Q), >= 0; NaN where fewer than
-        ``min_count`` changes are known or there is no last value."""
+        ``min_count`` changes are known, there is no last value, or for a resource not in
+        ``resources``."""
         idx = np.asarray(idx, dtype=np.int64)
-        srt = np.sort(self.ring[idx], axis=-1)  # NaN (empty) sorts last
-        n = np.minimum(self.count[idx], self.window)
-        top = np.maximum(n - 1, 0)[..., None]
-        pos = self.quantiles * top
-        lo = np.floor(pos).astype(np.int64)
-        hi = np.minimum(lo + 1, top)
-        a = np.take_along_axis(srt, lo, axis=-1)
-        b = np.take_along_axis(srt, hi, axis=-1)
-        out = np.maximum(np.asarray(last, dtype=np.float64)[..., None] + a + (b - a) * (pos - lo), 0.0)
-        return np.where((n >= self.min_count)[..., None], out, np.nan)
+        last = np.asarray(last, dtype=np.float64)
+        n = np.minimum(self.count[idx], self.window)  # (n, C)
+        rank = self.quantiles * np.maximum(n - 1, 0)[..., None]  # numpy.quantile's "linear"
+        change = at_rank(np.sort(self.ring[idx], axis=-1), rank)  # NaN (empty) sorts last
+        out = np.full((*last.shape, self.quantiles.size), np.nan)
+        out[:, self._cols] = np.where(
+            (n >= self.min_count)[..., None], np.maximum(last[:, self._cols, None] + change, 0.0), np.nan
+        )
+        return out
+
+
+def _columns(resources: tuple[str, ...]) -> list[int]:
+    unknown = sorted(set(resources) - set(RESOURCES))
+    if unknown:
+        raise ValueError(f"tail resources must be among {RESOURCES}, got {unknown}")
+    return [RESOURCES.index(r) for r in resources]
 
 
 class TailSelector(MedianSelector):
@@ -113,13 +124,10 @@ class TailSelector(MedianSelector):
         min_outcomes: int = MIN_OUTCOMES,
     ) -> None:
         super().__init__(n_series, n_resources, half_life, n_candidates=2, min_outcomes=min_outcomes)
-        unknown = set(resources) - set(RESOURCES)
-        if unknown:
-            raise ValueError(f"tail resources must be among {RESOURCES}, got {sorted(unknown)}")
         self.names = ("model", "increments")
         self._tau = np.asarray(quantiles, dtype=np.float64)
         self._upper = self._tau >= TAIL_FROM
-        self._allowed = np.array([r in resources for r in RESOURCES[:n_resources]])
+        self._allowed = np.isin(np.arange(n_resources), _columns(resources))
 
     def update(self, idx: np.ndarray, issued: np.ndarray, actual: np.ndarray) -> None:
         """issued: shape (n, R, 2, Q) the two tails issued for the target (a NaN one scores
