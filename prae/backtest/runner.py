@@ -33,13 +33,7 @@ from prae.backtest.baselines import all_baselines, last_value
 from prae.model.calibration import CalibrationBank
 from prae.model.combination import MedianSelector, point_candidates, with_median
 from prae.model.predictor import Predictor
-from prae.model.tails import (
-    INCREMENT_WINDOW,
-    TAIL_HALF_LIFE,
-    TAIL_RESOURCES,
-    IncrementQuantiles,
-    TailSelector,
-)
+from prae.model.tails import INCREMENT_WINDOW, TAIL_HALF_LIFE, TAIL_RESOURCES, TailChoice
 from prae.model.training import TrainingWindows, concat_windows, fit, windows_from_series
 from prae.policy.violation_budget import PooledBudget, allocate_quantiles
 from prae.resources import QUANTILES, RESOURCES
@@ -267,21 +261,19 @@ def choose_tail(grid: Grid, cal: np.ndarray, cfg: BacktestConfig, lead: int) -> 
     """Calibrated quantiles (S, T, R, Q) whose levels >= q0.9 are, per series and resource
     in ``cfg.tail_resources``, the model's or the last value plus the series' recent
     changes over the lead (``IncrementQuantiles``), whichever had the smaller recent
-    pinball loss (``TailSelector``). Causal like ``choose_median``."""
-    s_n, _, r_n, _ = cal.shape
+    pinball loss (``TailChoice``). Causal like ``choose_median``."""
     last = last_value(grid.y)
-    inc = IncrementQuantiles(s_n, cfg.tail_resources, window=cfg.increment_window)
-    sel = TailSelector(s_n, r_n, half_life=cfg.tail_half_life, resources=cfg.tail_resources)
-    tails = np.full(cal.shape, np.nan)  # the increments' tail issued at each step
+    choice = TailChoice(cal.shape[0], cfg.tail_resources, cfg.increment_window, cfg.tail_half_life)
+    increments = np.full(cal.shape, np.nan)  # the increments' tail issued at each step
     out = cal.copy()
 
     def learn(idx: np.ndarray, tt: int, t: int) -> None:
-        inc.update(idx, last[idx, tt], grid.y[idx, t])
-        sel.update(idx, np.stack([cal[idx, tt], tails[idx, tt]], axis=-2), grid.y[idx, t])
+        tails = np.stack([cal[idx, tt], increments[idx, tt]], axis=-2)
+        choice.learn(idx, tails, last[idx, tt], grid.y[idx, t])
 
     def act(idx: np.ndarray, t: int) -> None:
-        tails[idx, t] = inc.forecast(idx, last[idx, t])
-        out[idx, t] = sel.select(idx, np.stack([cal[idx, t], tails[idx, t]], axis=-2))
+        out[idx, t], tails = choice.issue(idx, cal[idx, t], last[idx, t])
+        increments[idx, t] = tails[..., 1, :]
 
     walk_causally(~np.isnan(cal[..., 0, 0]), lead, learn, act)
     return out

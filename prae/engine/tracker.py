@@ -24,7 +24,7 @@ from prae.model.combination import (
     point_candidates,
     with_median,
 )
-from prae.model.tails import IncrementQuantiles, TailSelector
+from prae.model.tails import TailChoice
 from prae.resources import QUANTILE_COLUMNS, QUANTILES, RESOURCES
 from prae.telemetry.alignment import align_shadow_by_progress
 from prae.telemetry.sample import TelemetrySample
@@ -131,8 +131,7 @@ class WorkloadTracker:
             self.median_choice.restore(0, carried)
         # The backtest's tail choice too (prae.backtest.runner.choose_tail): disk and net
         # may take their levels >= q0.9 from the last value plus this run's own changes.
-        self.increments = IncrementQuantiles(1)
-        self.tail_choice = TailSelector(1, len(RESOURCES))
+        self.tail_choice = TailChoice(1)
         self.released = False
         self._aligned: dict[tuple[int, int, int], np.ndarray] = {}  # see aligned_shadow
 
@@ -204,10 +203,9 @@ class WorkloadTracker:
             ratio = level_ratio(self.live.array(), now_all)
         cand = point_candidates(np.asarray(raw, dtype=float)[:, i50], last, now, ahead, ratio)
         chosen = self.median_choice.select(one, cand[None])[0]
-        with_point = with_median(calibrated, chosen)
         # the tail after the median: levels under a median the shadow foresaw are raised to it
-        tails = np.stack([with_point, self.increments.forecast(one, last[None])[0]], axis=-2)
-        return IssuedForecast(self.tail_choice.select(one, tails[None])[0], cand, tails)
+        quantiles, tails = self.tail_choice.issue(one, with_median(calibrated, chosen)[None], last[None])
+        return IssuedForecast(quantiles[0], cand, tails[0])
 
     def choice_record(self) -> ChoiceRecord:
         """What the point-forecast choice has learnt, for the workload's next run."""
@@ -234,8 +232,7 @@ class WorkloadTracker:
                     self.median_choice.update(one, fc.candidates[None], y)
                 if fc.tails is not None and fc.candidates is not None:
                     at_issue = fc.candidates[:, CANDIDATES.index("last_value")]
-                    self.increments.update(one, at_issue[None], y)
-                    self.tail_choice.update(one, fc.tails[None], y)
+                    self.tail_choice.learn(one, fc.tails[None], at_issue[None], y)
             for r, res in enumerate(RESOURCES):
                 row: dict[str, Any] = {
                     "issued_at": fc.issued_at,

@@ -23,6 +23,9 @@ candidate 0 = the forecast as it would be issued without it (calibrated, with th
 median) and 1 = the increments. Only the levels >= 0.9 are taken from the choice
 (``TailSelector.select``): the median and q0.1 stay as issued.
 
+``TailChoice``: the two together, as the backtest and the live tracker run them (``issue``
+at the forecast, ``learn`` when its target is observed).
+
 Chosen on 25 *training* Bitbrains VMs (``prae backtest``, lead 900 s, slack at a 1 %
 budget over the best baseline's; window 864 unless said): disk 0.831 -> 0.793, net 0.926
 -> 0.914, but cpu 0.781 -> 0.840 and mem 0.835 -> 0.851 (a VM's CPU and memory change with
@@ -151,3 +154,32 @@ class TailSelector(MedianSelector):
         k = self.choice(idx)
         use = (k == 1)[..., None] & self._upper & ~np.isnan(c[..., 1, :])
         return np.maximum.accumulate(np.where(use, c[..., 1, :], c[..., 0, :]), axis=-1)
+
+
+class TailChoice:
+    """``IncrementQuantiles`` and ``TailSelector`` together, as the backtest
+    (``prae.backtest.runner.choose_tail``) and the live tracker run them: ``issue`` at
+    the forecast, ``learn`` when its target has been observed."""
+
+    def __init__(
+        self,
+        n_series: int,
+        resources: tuple[str, ...] = TAIL_RESOURCES,
+        window: int = INCREMENT_WINDOW,
+        half_life: float = TAIL_HALF_LIFE,
+    ) -> None:
+        self.increments = IncrementQuantiles(n_series, resources, window=window)
+        self.selector = TailSelector(n_series, half_life=half_life, resources=resources)
+
+    def issue(self, idx: np.ndarray, quantiles: np.ndarray, last: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """quantiles: shape (n, R, Q) as they would be issued without the choice; last:
+        shape (n, R). Returns the quantiles to issue (n, R, Q) and the two tails (n, R, 2, Q)
+        to ``learn`` from when the target comes."""
+        tails = np.stack([np.asarray(quantiles, dtype=np.float64), self.increments.forecast(idx, last)], axis=-2)
+        return self.selector.select(idx, tails), tails
+
+    def learn(self, idx: np.ndarray, tails: np.ndarray, last: np.ndarray, actual: np.ndarray) -> None:
+        """tails: shape (n, R, 2, Q) from ``issue``; last: shape (n, R) the last value it
+        was issued with; actual: shape (n, R) the value at the target (NaN = skipped)."""
+        self.increments.update(idx, last, actual)
+        self.selector.update(idx, tails, actual)
