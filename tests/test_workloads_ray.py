@@ -61,7 +61,7 @@ RAY_JOB = textwrap.dedent(
         ctx.ray_init()
         remote = ray.remote(num_cpus=1)(burn)
         ctx.report_progress(0.1, "tasks")
-        done = sum(ray.get([remote.remote(1.0) for _ in range(2)]))
+        done = sum(ray.get([remote.remote(2.0) for _ in range(2)]))
         (ctx.data_dir / "out.bin").write_bytes(b"z" * 3_000_000)
         import os
         os.sync()
@@ -254,8 +254,11 @@ def test_python_workload_running_ray_tasks_counts_their_workers(role, ray_job_ru
     same from inside its write sandbox."""
     out = ray_job_runs[role]
     check_uses(out, "python")
-    assert out["result"]["task_cpu_s"] == 2.0
+    assert out["result"]["task_cpu_s"] == 4.0
     workers = [c for c in out["cmdlines"] if "default_worker.py" in c or c.startswith("ray::")]
     assert workers, out["cmdlines"]
-    # 2 CPU-seconds ran in the tasks' workers, on top of the driver's own.
-    assert out["cost"] >= 2.0 + 0.5, out["cost"]
+    # 4 CPU-seconds ran in the tasks' workers. The driver's own CPU is not a floor: a forked
+    # shadow has its imports paid by the fork server, and used 0.05 s in one CI run. Without
+    # the workers, a driver alone (imports, ray.init) stays well under the 3.8 s asked here
+    # (5 % off for the sampling's edges).
+    assert out["cost"] >= 0.95 * 4.0, out["cost"]
