@@ -94,3 +94,22 @@ def test_the_backtest_chooses_tails_causally_and_only_for_disk_and_net():
     again = choose_tail(Grid(("vm",), 300.0, grid.starts, grid.offsets, grid.lengths, future, grid.has_resource), cal, BacktestConfig(), lead)
     np.testing.assert_array_equal(again[0, :300], out[0, :300])
     assert not np.array_equal(again[0, 300:], out[0, 300:])
+
+
+def test_a_pinned_series_tail_that_equals_its_value_is_not_a_miss():
+    """A disk pinned at 0.7 (float32 rounds it down, to 0.69999999): the increments' tail is
+    0.7 + a change of 0 and the calibration's is 0.7 too -- a tie with the actual, which
+    covers it. Kept in float64 from the calibration on, no issued level is below 0.7;
+    in float32 every one of them was."""
+    from prae.backtest.runner import BacktestConfig, Grid, calibrate, choose_tail
+
+    t_n, lead = 400, 3
+    y = np.full((1, t_n, R), 0.7)
+    raw = np.tile(np.array([0.5, 0.7, 20.0, 30.0, 40.0], np.float32), (1, t_n, R, 1))
+    raw[0, t_n - lead :] = np.nan
+    grid = Grid(("vm",), 300.0, np.zeros(1), np.zeros(1, np.int64), np.array([t_n]), y, np.ones((1, R), bool))
+    cfg = BacktestConfig()
+    out = choose_tail(grid, calibrate(grid, raw, cfg, lead), cfg, lead)
+    late = slice(250, t_n - lead)
+    issued, actual = out[0, late, DISK][:, UPPER], y[0, late, DISK, None]  # float64 both
+    assert (issued >= actual).all(), issued.min()

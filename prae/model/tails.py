@@ -77,7 +77,8 @@ class IncrementQuantiles:
         self.quantiles = np.asarray(quantiles, dtype=np.float64)
         self.window = int(window)
         self.min_count = int(min_count)
-        self.ring = np.full((n_series, len(self._cols), self.window), np.nan, np.float32)
+        # float64: last + change must give back a past value exactly (see runner.calibrate)
+        self.ring = np.full((n_series, len(self._cols), self.window), np.nan)
         self.count = np.zeros((n_series, len(self._cols)), np.int64)
 
     def update(self, idx: np.ndarray, last: np.ndarray, actual: np.ndarray) -> None:
