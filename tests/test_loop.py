@@ -278,20 +278,44 @@ def test_tracker_chooses_the_last_value_where_the_model_median_keeps_missing():
     raw = np.array([[0.5, 1.3, 2.0, 2.2, 2.5]] * 4)  # (R, Q): median 1.3, truth 1.0
     for t in range(25):  # 20 outcomes before anything but the model may be chosen
         tr.live.extend([TelemetrySample(ts=float(t), cpu=1.0, mem=1.0, disk=1.0, net=1.0)])
-        cal, cand, tails = tr.point_forecast(raw, raw.copy(), 1)
+        fc = tr.point_forecast(raw, raw.copy(), 1)
         if t == 0:
-            assert cal[0, i50] == 1.3  # no outcome yet: the model
-        tr.add_forecast(PendingForecast(float(t), t + 1.0, cal, raw, "model", "v", False, cand, tails))
+            assert fc.quantiles[0, i50] == 1.3  # no outcome yet: the model
+        tr.add_forecast(PendingForecast(float(t), t + 1.0, fc.quantiles, raw, "model", "v", False, fc))
         tr.resolve({})
-    cal, *_ = tr.point_forecast(raw, raw.copy(), 1)
+    cal = tr.point_forecast(raw, raw.copy(), 1).quantiles
     assert cal[0, i50] == 1.0
-    # cpu and mem keep the model's other quantiles; disk and net (the tail resources) take
-    # their levels >= q0.9 from the last value plus this run's changes, all 0 here
-    cpu_mem = [RESOURCES.index("cpu"), RESOURCES.index("mem")]
-    assert np.array_equal(np.delete(cal, i50, axis=1)[cpu_mem], np.delete(raw, i50, axis=1)[cpu_mem])
+    # mem keeps the model's other quantiles; cpu, disk and net (the tail resources) take
+    # their levels >= q0.9 from their anchor plus this run's changes, all 0 here
+    mem = RESOURCES.index("mem")
+    assert np.array_equal(np.delete(cal, i50, axis=1)[mem], np.delete(raw, i50, axis=1)[mem])
     upper = np.array(QUANTILES) >= 0.9
-    for r in (RESOURCES.index("disk"), RESOURCES.index("net")):
+    for r in (RESOURCES.index("cpu"), RESOURCES.index("disk"), RESOURCES.index("net")):
         assert cal[r, upper].tolist() == [1.0] * int(upper.sum()) and cal[r, 0] == raw[r, 0]
+
+
+def test_tracker_measures_cpus_tail_from_the_peak_of_the_last_hour():
+    """CPU swinging between 1 and 3 cores every step: from the last value the changes are
+    +-2 and the tail after a high step would be 3 + 2 = 5; from the hour's peak (3) they are
+    0 or -2, and the tail is 3 whatever the last step was. Disk, swinging the same way,
+    keeps the last value as its anchor."""
+    from prae.config import WorkloadSpec
+    from prae.engine.tracker import PendingForecast, WorkloadTracker
+
+    tr = WorkloadTracker(WorkloadSpec(name="swing", kind="etl"), interval_s=1.0)
+    cpu, disk = RESOURCES.index("cpu"), RESOURCES.index("disk")
+    upper = np.array(QUANTILES) >= 0.9
+    raw = np.array([[0.5, 2.0, 20.0, 25.0, 30.0]] * 4)  # a loose model tail
+    for t in range(60):
+        v = 1.0 if t % 2 else 3.0
+        tr.live.extend([TelemetrySample(ts=float(t), cpu=v, mem=1.0, disk=v, net=1.0)])
+        tr.resolve({})
+        fc = tr.point_forecast(raw, raw.copy(), 1)
+        tr.add_forecast(PendingForecast(float(t), t + 1.0, fc.quantiles, raw, "model", "v", False, fc))
+        if t >= 45:
+            assert fc.anchor[cpu] == 3.0 and fc.anchor[disk] == v
+            assert np.allclose(fc.quantiles[cpu, upper], 3.0), fc.quantiles[cpu]
+            assert fc.quantiles[disk, upper][-1] == v + 2.0  # the last value + the +2 change
 
 
 def test_a_workloads_next_run_starts_from_the_choice_its_last_run_learnt(tmp_path, caplog):
@@ -359,12 +383,12 @@ def test_tracker_follows_a_shadow_that_foreshadows_the_live_run():
         p = t / 100
         tr.live.extend([TelemetrySample(ts=1.0 + t, cpu=level(p), mem=1.0, disk=1.0, net=1.0, progress=p)])
         tr.resolve({})
-        cal, cand, tails = tr.point_forecast(raw, raw.copy(), lead)
-        tr.add_forecast(PendingForecast(1.0 + t, 1.0 + t + lead, cal, raw, "model", "v", True, cand, tails))
+        fc = tr.point_forecast(raw, raw.copy(), lead)
+        tr.add_forecast(PendingForecast(1.0 + t, 1.0 + t + lead, fc.quantiles, raw, "model", "v", True, fc))
         future = level((t + lead) / 100)
         if t >= 25 and future != level(p):  # a step change is coming; the last value misses it
             steps_before_change += 1
-            hits += bool(np.isclose(cal[0, i50], future))
+            hits += bool(np.isclose(fc.quantiles[0, i50], future))
     assert steps_before_change >= 4
     assert hits == steps_before_change
 
@@ -391,10 +415,10 @@ def test_tracker_forecasts_a_burst_from_nothing_with_the_shadow_level():
         p = t / 100
         tr.live.extend([TelemetrySample(ts=1.0 + t, cpu=1.0, mem=1.0, disk=burst(p), net=1.0, progress=p)])
         tr.resolve({})
-        cal, cand, tails = tr.point_forecast(raw, raw.copy(), lead)
-        tr.add_forecast(PendingForecast(1.0 + t, 1.0 + t + lead, cal, raw, "model", "v", True, cand, tails))
+        fc = tr.point_forecast(raw, raw.copy(), lead)
+        tr.add_forecast(PendingForecast(1.0 + t, 1.0 + t + lead, fc.quantiles, raw, "model", "v", True, fc))
         if t >= 45 and burst((t + lead) / 100) > 0 and burst(p) == 0:
             bursts_ahead += 1
-            hits += bool(np.isclose(cal[disk, i50], 2.0))
+            hits += bool(np.isclose(fc.quantiles[disk, i50], 2.0))
     assert bursts_ahead >= 4
     assert hits == bursts_ahead

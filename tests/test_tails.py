@@ -6,16 +6,24 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from prae.model.tails import IncrementQuantiles, TailSelector
+from prae.model.tails import IncrementQuantiles, TailSelector, tail_anchor
 from prae.resources import QUANTILES, RESOURCES
 
 R = len(RESOURCES)
-DISK, CPU = RESOURCES.index("disk"), RESOURCES.index("cpu")
+DISK, CPU, MEM = RESOURCES.index("disk"), RESOURCES.index("cpu"), RESOURCES.index("mem")
 UPPER = np.array(QUANTILES) >= 0.9
 
 
+def test_the_anchor_is_the_hours_peak_for_cpu_and_the_last_value_otherwise():
+    last = np.array([[1.0, 2.0, 3.0, 4.0], [1.0, 2.0, 3.0, 4.0]])
+    peak = np.array([[5.0, 6.0, 7.0, 8.0], [np.nan] * 4])
+    got = tail_anchor(last, peak)
+    assert got[0, CPU] == 5.0 and got[1, CPU] == 1.0  # an unknown peak: the last value
+    assert (np.delete(got, CPU, axis=1) == np.delete(last, CPU, axis=1)).all()
+
+
 def test_increment_quantiles_are_the_last_value_plus_the_quantiles_of_recent_changes():
-    iq = IncrementQuantiles(2, window=50, min_count=5)  # for disk and net
+    iq = IncrementQuantiles(2, resources=("disk", "net"), window=50, min_count=5)
     idx = np.array([0])
     changes = np.r_[np.zeros(45), np.full(5, 38.0)]
     for k, c in enumerate(changes):
@@ -24,7 +32,7 @@ def test_increment_quantiles_are_the_last_value_plus_the_quantiles_of_recent_cha
         iq.update(idx, last, last + c)
     got = iq.forecast(idx, np.full((1, R), 2.0))[0]
     np.testing.assert_allclose(got[DISK], 2.0 + np.quantile(changes, QUANTILES), rtol=1e-6)
-    assert np.isnan(got[CPU]).all()  # cpu keeps the model's tail: its changes are not kept
+    assert np.isnan(got[CPU]).all()  # cpu is not among its resources: its changes are not kept
     assert np.isnan(iq.forecast(np.array([1]), np.ones((1, R)))).all()  # the other series
     # the window forgets: 50 more changes of -1 replace every earlier one; values stay >= 0
     for _ in range(50):
@@ -43,7 +51,7 @@ def test_increment_quantiles_are_the_last_value_plus_the_quantiles_of_recent_cha
 def test_tail_selector_takes_the_tighter_calibrated_tail_only_for_its_resources():
     """A disk idling at 1 with a burst to 9 every 20 steps: the model's tail above 0.9 is 30
     (far too loose), the increments' tail knows the bursts. After 20 outcomes disk takes the
-    increments' upper levels, cpu (not a tail resource) keeps the model's, and q0.1 and the
+    increments' upper levels, memory (not a tail resource) keeps the model's, and q0.1 and the
     median never change."""
     sel = TailSelector(1, R, half_life=100.0)
     idx = np.zeros(1, np.int64)
@@ -58,10 +66,10 @@ def test_tail_selector_takes_the_tighter_calibrated_tail_only_for_its_resources(
             np.testing.assert_array_equal(out, model[0])
         sel.update(idx, cand, y)
     out = sel.select(idx, cand)[0]
-    assert sel.choice(idx)[0, DISK] == 1 and sel.choice(idx)[0, CPU] == 0
+    assert sel.choice(idx)[0, DISK] == 1 and sel.choice(idx)[0, MEM] == 0
     np.testing.assert_allclose(out[DISK, UPPER], np.maximum.accumulate(cand[0, DISK, 1])[UPPER])
     np.testing.assert_array_equal(out[DISK, ~UPPER], model[0, DISK, ~UPPER])
-    np.testing.assert_array_equal(out[CPU], model[0, CPU])
+    np.testing.assert_array_equal(out[MEM], model[0, MEM])
     assert (np.diff(out, axis=-1) >= 0).all()
     # an unknown increments tail (NaN) is never used, and scores as the model's
     cand[..., 1, :] = np.nan
@@ -70,16 +78,18 @@ def test_tail_selector_takes_the_tighter_calibrated_tail_only_for_its_resources(
         TailSelector(1, R, resources=("gpu",))
 
 
-def test_the_backtest_chooses_tails_causally_and_only_for_disk_and_net():
+def test_the_backtest_chooses_tails_causally_and_not_for_memory():
     """``choose_tail`` on a disk that idles at 1 with a burst every 10 steps, forecast with a
     loose tail (q0.9.. = 20, 30, 40): after warm-up its tails are the increments' (much
-    tighter), cpu's are untouched, and a forecast issued at t does not change when values
-    after t change."""
+    tighter); a CPU that swings between 3 and 1 cores takes its tail from the hour's peak
+    (3, never 3 + 2); memory's is untouched; and a forecast issued at t does not change
+    when values after t change."""
     from prae.backtest.runner import BacktestConfig, Grid, choose_tail
 
     t_n, lead = 400, 3
     y = np.ones((1, t_n, R))
     y[0, 9::10, DISK] = 6.0
+    y[0, ::2, CPU] = 3.0
     cal = np.tile(np.array([0.5, 1.0, 20.0, 30.0, 40.0]), (1, t_n, R, 1))
     cal[0, t_n - lead :] = np.nan  # no target inside the series
     grid = Grid(("vm",), 300.0, np.zeros(1), np.zeros(1, np.int64), np.array([t_n]), y, np.ones((1, R), bool))
@@ -87,7 +97,8 @@ def test_the_backtest_chooses_tails_causally_and_only_for_disk_and_net():
     late = slice(200, t_n - lead)
     top = out[0, late, DISK][:, UPPER].max(axis=-1)  # was 40: now the last value + a burst's +5
     assert (top <= np.where(y[0, late, DISK] > 1.0, 11.0, 6.0)).all()
-    np.testing.assert_array_equal(out[0, :, CPU], cal[0, :, CPU])
+    np.testing.assert_allclose(out[0, late, CPU][:, UPPER], 3.0)
+    np.testing.assert_array_equal(out[0, :, MEM], cal[0, :, MEM])
     np.testing.assert_array_equal(out[0, late, DISK][:, ~UPPER], cal[0, late, DISK][:, ~UPPER])
     future = y.copy()
     future[0, 300:, DISK] = 50.0

@@ -63,9 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-series", type=int, default=None, help="keep the first N series")
     parser.add_argument(
         "--tail-resources",
-        default="disk,net",
+        default=None,
         help="resources whose levels >= q0.9 may come from their own recent changes "
-        "(prae.model.tails; default disk,net; 'none' = the model's tail for all)",
+        "(default prae.model.tails.TAIL_RESOURCES: cpu,disk,net; 'none' = the model's tail for all)",
     )
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     # --simulate-cluster and its options (added by the allocator/simulator owner: prae/simulate/cli.py)
@@ -80,11 +80,16 @@ def run(args: argparse.Namespace) -> int:
     from prae.backtest.runner import BacktestConfig, run_backtest
     from prae.backtest.summary import format_tables, goals, score
     from prae.model.predictor import Predictor
+    from prae.model.tails import TAIL_RESOURCES
     from prae.traces import load_trace
 
     t0 = time.perf_counter()
     try:
-        tails = tuple(r.strip() for r in args.tail_resources.split(",") if r.strip() not in ("", "none"))
+        tails = (
+            TAIL_RESOURCES
+            if args.tail_resources is None
+            else tuple(r.strip() for r in args.tail_resources.split(",") if r.strip() not in ("", "none"))
+        )
         bad = [r for r in tails if r not in RESOURCES]
         if bad:
             raise ValueError(

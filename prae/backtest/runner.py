@@ -10,9 +10,10 @@ policy sees the forecasts issued at t. ``run_backtest`` is a list of named, time
     calibrate   online conformal adjustment, step by step, vectorised over series
     point       per series, the median is the model's or the last value, whichever had
                 the smaller recent resolved error (prae.model.combination)
-    tail        per series, disk and net take the levels >= q0.9 from the last value plus
-                the series' own recent changes where that tail has had the smaller recent
-                pinball loss (prae.model.tails)
+    tail        per series, cpu, disk and net take the levels >= q0.9 from an anchor (the
+                last value; cpu's peak of the last hour) plus the series' own recent
+                changes from it, where that tail has had the smaller recent pinball loss
+                (prae.model.tails)
     allocate    the violation-budget policy: one price per resource carried over the
                 steps (pooled over workload-steps), or per step across the series alive
     baselines   reactive, max-1h, VPA, Autopilot, seasonal naive, oracle
@@ -29,11 +30,18 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from prae.backtest.baselines import all_baselines, last_value
+from prae.backtest.baselines import all_baselines, last_value, window_max
 from prae.model.calibration import CalibrationBank
 from prae.model.combination import MedianSelector, point_candidates, with_median
 from prae.model.predictor import Predictor
-from prae.model.tails import INCREMENT_WINDOW, TAIL_HALF_LIFE, TAIL_RESOURCES, TailChoice
+from prae.model.tails import (
+    ANCHOR_PEAK_S,
+    INCREMENT_WINDOW,
+    TAIL_HALF_LIFE,
+    TAIL_RESOURCES,
+    TailChoice,
+    tail_anchor,
+)
 from prae.model.training import TrainingWindows, concat_windows, fit, windows_from_series
 from prae.policy.violation_budget import PooledBudget, allocate_quantiles
 from prae.resources import QUANTILES, RESOURCES
@@ -259,20 +267,22 @@ def choose_median(grid: Grid, raw: np.ndarray, cfg: BacktestConfig, lead: int) -
 
 def choose_tail(grid: Grid, cal: np.ndarray, cfg: BacktestConfig, lead: int) -> np.ndarray:
     """Calibrated quantiles (S, T, R, Q) whose levels >= q0.9 are, per series and resource
-    in ``cfg.tail_resources``, the model's or the last value plus the series' recent
-    changes over the lead (``IncrementQuantiles``), whichever had the smaller recent
-    pinball loss (``TailChoice``). Causal like ``choose_median``."""
-    last = last_value(grid.y)
+    in ``cfg.tail_resources``, the model's or an anchor (``tail_anchor``: the last value,
+    CPU's peak of the last hour) plus the series' recent changes from it over the lead
+    (``IncrementQuantiles``), whichever had the smaller recent pinball loss
+    (``TailChoice``). Causal like ``choose_median``."""
+    peak_steps = max(1, int(round(ANCHOR_PEAK_S / grid.step_s)))
+    anchor = tail_anchor(last_value(grid.y), window_max(grid.y, peak_steps))
     choice = TailChoice(cal.shape[0], cfg.tail_resources, cfg.increment_window, cfg.tail_half_life)
     increments = np.full(cal.shape, np.nan)  # the increments' tail issued at each step
     out = cal.copy()
 
     def learn(idx: np.ndarray, tt: int, t: int) -> None:
         tails = np.stack([cal[idx, tt], increments[idx, tt]], axis=-2)
-        choice.learn(idx, tails, last[idx, tt], grid.y[idx, t])
+        choice.learn(idx, tails, anchor[idx, tt], grid.y[idx, t])
 
     def act(idx: np.ndarray, t: int) -> None:
-        out[idx, t], tails = choice.issue(idx, cal[idx, t], last[idx, t])
+        out[idx, t], tails = choice.issue(idx, cal[idx, t], anchor[idx, t])
         increments[idx, t] = tails[..., 1, :]
 
     walk_causally(~np.isnan(cal[..., 0, 0]), lead, learn, act)

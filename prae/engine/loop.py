@@ -213,12 +213,12 @@ class EngineLoop:
             raw_steps = np.asarray(batch.quantiles[i, : h + 1], dtype=float)  # (h+1, R, Q)
             cal_steps = tr.calibrator.adjust(raw_steps)
             raw = raw_steps[h]
-            cal, candidates, tails = tr.point_forecast(raw, cal_steps[h], h + 1)
-            cal_steps[h] = cal
+            fc = tr.point_forecast(raw, cal_steps[h], h + 1)
+            cal_steps[h] = fc.quantiles
             issued_at = tr.live.ts[-1]
             tr.add_forecast(
                 PendingForecast(
-                    issued_at, issued_at + lead_s, cal, raw, batch.source, batch.version, windows[i][2], candidates, tails
+                    issued_at, issued_at + lead_s, fc.quantiles, raw, batch.source, batch.version, windows[i][2], fc
                 )
             )
             all_steps.append(cal_steps)

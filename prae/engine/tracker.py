@@ -24,7 +24,7 @@ from prae.model.combination import (
     point_candidates,
     with_median,
 )
-from prae.model.tails import TailChoice
+from prae.model.tails import ANCHOR_PEAK_S, TailChoice, tail_anchor
 from prae.resources import QUANTILE_COLUMNS, QUANTILES, RESOURCES
 from prae.telemetry.alignment import align_shadow_by_progress
 from prae.telemetry.sample import TelemetrySample
@@ -63,12 +63,34 @@ class Series:
             self._stacked = (self.total, arr)
         return self._stacked[1]
 
+    def peak(self, seconds: float) -> np.ndarray:
+        """(R,) the max of each resource over the samples of the last ``seconds`` (up to the
+        newest sample, inclusive); NaN where none is known."""
+        if not self.ts:
+            return np.full(len(RESOURCES), np.nan)
+        ts = np.fromiter(self.ts, dtype=float, count=len(self.ts))
+        first = int(np.searchsorted(ts, ts[-1] - seconds, side="left"))
+        recent = self.array()[first:]
+        top = np.where(np.isnan(recent), -np.inf, recent).max(axis=0)
+        return np.where(np.isfinite(top), top, np.nan)
+
     def nearest(self, ts: float) -> tuple[float, np.ndarray] | None:
         if not self.ts:
             return None
         arr = np.fromiter(self.ts, dtype=float)
         i = int(np.argmin(np.abs(arr - ts)))
         return arr[i], self.values[i]
+
+
+class IssuedForecast(NamedTuple):
+    """What ``WorkloadTracker.point_forecast`` issues: the quantiles (R, Q) to act on, and
+    what to score when the target comes: the point candidates (R, K), the tails (R, 2, Q)
+    and the anchor (R,) the increments' tail was measured from."""
+
+    quantiles: np.ndarray
+    candidates: np.ndarray
+    tails: np.ndarray
+    anchor: np.ndarray
 
 
 @dataclass
@@ -80,17 +102,7 @@ class PendingForecast:
     source: str
     model_version: str
     shadow_used: bool
-    candidates: np.ndarray | None = None  # (R, K) the point-forecast candidates at issue
-    tails: np.ndarray | None = None  # (R, 2, Q) the model's and the increments' tails at issue
-
-
-class IssuedForecast(NamedTuple):
-    """What ``WorkloadTracker.point_forecast`` issues: the quantiles (R, Q) to act on, and
-    what to score when the target comes: the point candidates (R, K) and the tails (R, 2, Q)."""
-
-    quantiles: np.ndarray
-    candidates: np.ndarray
-    tails: np.ndarray
+    issued: IssuedForecast | None = None  # the choices to score (None: the fallback rule's)
 
 
 @dataclass
@@ -129,8 +141,9 @@ class WorkloadTracker:
         )
         if carried is not None:
             self.median_choice.restore(0, carried)
-        # The backtest's tail choice too (prae.backtest.runner.choose_tail): disk and net
-        # may take their levels >= q0.9 from the last value plus this run's own changes.
+        # The backtest's tail choice too (prae.backtest.runner.choose_tail): cpu, disk and
+        # net may take their levels >= q0.9 from an anchor (the last value; cpu's peak of
+        # the last hour) plus this run's own changes from it.
         self.tail_choice = TailChoice(1)
         self.released = False
         self._aligned: dict[tuple[int, int, int], np.ndarray] = {}  # see aligned_shadow
@@ -204,8 +217,9 @@ class WorkloadTracker:
         cand = point_candidates(np.asarray(raw, dtype=float)[:, i50], last, now, ahead, ratio)
         chosen = self.median_choice.select(one, cand[None])[0]
         # the tail after the median: levels under a median the shadow foresaw are raised to it
-        quantiles, tails = self.tail_choice.issue(one, with_median(calibrated, chosen)[None], last[None])
-        return IssuedForecast(quantiles[0], cand, tails[0])
+        anchor = tail_anchor(last, self.live.peak(ANCHOR_PEAK_S))
+        quantiles, tails = self.tail_choice.issue(one, with_median(calibrated, chosen)[None], anchor[None])
+        return IssuedForecast(quantiles[0], cand, tails[0], anchor)
 
     def choice_record(self) -> ChoiceRecord:
         """What the point-forecast choice has learnt, for the workload's next run."""
@@ -228,11 +242,9 @@ class WorkloadTracker:
                 actual = near[1]
                 self.calibrator.update(fc.raw, actual)
                 one, y = np.zeros(1, np.int64), np.asarray(actual, dtype=float)[None]
-                if fc.candidates is not None:
-                    self.median_choice.update(one, fc.candidates[None], y)
-                if fc.tails is not None and fc.candidates is not None:
-                    at_issue = fc.candidates[:, CANDIDATES.index("last_value")]
-                    self.tail_choice.learn(one, fc.tails[None], at_issue[None], y)
+                if fc.issued is not None:
+                    self.median_choice.update(one, fc.issued.candidates[None], y)
+                    self.tail_choice.learn(one, fc.issued.tails[None], fc.issued.anchor[None], y)
             for r, res in enumerate(RESOURCES):
                 row: dict[str, Any] = {
                     "issued_at": fc.issued_at,

@@ -8,8 +8,9 @@ predictor that Serve and ``prae backtest`` share. No Ray import anywhere in here
     checkpoint.py   the checkpoint file format (atomic save, validated load)
     calibration.py  ConformalCalibrator / CalibrationBank: online per-workload intervals
     combination.py  MedianSelector: per workload, the model's median or the last value
-    tails.py        TailChoice: per workload, the model's tail or the last value plus
-                    the workload's own recent changes (disk and net)
+    tails.py        TailChoice: per workload, the model's tail or an anchor (the last
+                    value; cpu's hour peak) plus the workload's own recent changes
+                    (cpu, disk and net)
 """
 
 from prae.model.calibration import CalibrationBank, ConformalCalibrator
