@@ -10,7 +10,7 @@ import pytest
 
 from prae.backtest.__main__ import main as backtest_main
 from prae.backtest.baselines import autopilot, last_value, seasonal_naive, vpa, window_max
-from prae.backtest.metrics import slack_at_violation, wape
+from prae.backtest.metrics import coverage, pit_coverage, slack_at_violation, wape
 from prae.backtest.runner import BacktestConfig, run_backtest
 from prae.model import ModelConfig, Predictor
 from prae.resources import QUANTILE_COLUMNS
@@ -232,6 +232,28 @@ def test_metrics_worked_numbers() -> None:
     assert wape(np.array([1.0, 3.0]), np.array([2.0, 3.0])) == pytest.approx(0.25)
     never = slack_at_violation(np.array([1.0, 1.0]), np.zeros(2), np.zeros(2), 0.0)
     assert np.isinf(never.margin)
+
+
+def test_pit_coverage_spreads_a_tie_over_the_tied_levels() -> None:
+    """Rows: below q0.9 (1), above (0), tied at q0.5..q0.99 ((0.9 - 0.5) / (0.99 - 0.5)),
+    tied at q0.9 only (1: the PIT is exactly 0.9), tied at q0.9..q0.99 (0: the CDF is 0.9
+    just below the value). Without ties it is the plain one-sided coverage."""
+    levels = (0.1, 0.5, 0.9, 0.95, 0.99)
+    q = np.array(
+        [
+            [1.0, 2.0, 3.0, 4.0, 5.0],
+            [1.0, 2.0, 3.0, 4.0, 5.0],
+            [1.0, 6.9, 6.9, 6.9, 6.9],
+            [1.0, 2.0, 3.0, 4.0, 5.0],
+            [1.0, 2.0, 3.0, 3.0, 3.0],
+        ]
+    )
+    y = np.array([2.5, 3.5, 6.9, 3.0, 3.0])
+    got = pit_coverage(y, q, levels, 0.9)
+    assert got == pytest.approx((1 + 0 + 0.4 / 0.49 + 1 + 0) / 5)
+    assert coverage(y, q[:, 2]) == pytest.approx(4 / 5)  # y <= q0.9 counts every tie
+    free = np.array([2.5, 3.5, 0.5, 9.0, 2.9])
+    assert pit_coverage(free, q, levels, 0.9) == coverage(free, q[:, 2])
 
 
 def test_median_choice_is_causal_and_uses_the_last_value_where_it_wins() -> None:

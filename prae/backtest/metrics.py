@@ -6,6 +6,8 @@ they do in a cluster's bill.
     WAPE        sum |y - median| / sum |y|
     pinball     sum_q sum pinball_q(y, q_hat) / (Q * sum |y|)   (scale-free, like WAPE)
     coverage    share of rows with y <= q_tau (one-sided) or q0.1 <= y <= q0.9
+    pit coverage  one-sided coverage where the actual ties the quantile, counted as a
+                randomised PIT counts it (below)
     slack       share of the allocation not used: sum max(a - y, 0) / sum a
     violation   share of rows with y > a
 
@@ -43,6 +45,32 @@ def coverage(y: np.ndarray, upper: np.ndarray, lower: np.ndarray | None = None) 
     if lower is not None:
         inside &= y >= lower
     return float(inside.mean())
+
+
+def pit_coverage(y: np.ndarray, q: np.ndarray, levels: tuple[float, ...], tau: float) -> float:
+    """One-sided coverage of the level ``tau`` with ties spread as a randomised PIT does.
+
+    y: (n,), q: (n, Q) at ``levels``. Why: a pinned VM's CPU or an idle network repeats a
+    value exactly, and the forecast's tail is then that value at several levels (q0.5 =
+    q0.9 = q0.95 = q0.99 = 6.9 cores). ``y <= q0.9`` counts every such row as covered, so
+    it says 0.92 where the forecast is calibrated. The forecast's CDF through its knots is
+    flat-topped there: it puts the actual anywhere between the lowest and the highest tied
+    level (``lo``, ``hi``), and a row covers ``tau`` with probability
+    ``(tau - lo) / (hi - lo)``, clipped to [0, 1] (1 where only ``tau`` ties). Rows with
+    y < q_tau count 1, y > q_tau count 0; without ties this is ``coverage``.
+    Worked number: y = q0.5 = q0.9 = q0.95 = q0.99 -> (0.9 - 0.5) / (0.99 - 0.5) = 0.82.
+    """
+    if y.size == 0:
+        return float("nan")
+    lv = np.asarray(levels, dtype=np.float64)
+    k = list(levels).index(tau)
+    eq = q == y[:, None]
+    tie = eq[:, k]
+    lo = lv[np.argmax(eq, axis=1)]
+    hi = lv[len(lv) - 1 - np.argmax(eq[:, ::-1], axis=1)]
+    width = np.where(hi > lo, hi - lo, 1.0)
+    share = np.where(hi > lo, np.clip((tau - lo) / width, 0.0, 1.0), 1.0)
+    return float(((y < q[:, k]).sum() + share[tie].sum()) / y.size)
 
 
 def slack(y: np.ndarray, alloc: np.ndarray) -> float:
