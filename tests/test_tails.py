@@ -44,7 +44,7 @@ def test_increment_quantiles_are_the_last_value_plus_the_quantiles_of_recent_cha
     assert (iq.count == before).all()
     with pytest.raises(ValueError, match="min_count"):
         IncrementQuantiles(1, window=10, min_count=11)
-    with pytest.raises(ValueError, match="tail resources"):
+    with pytest.raises(ValueError, match="unknown tail resource"):
         IncrementQuantiles(1, ("disk", "gpu"))
 
 
@@ -74,7 +74,7 @@ def test_tail_selector_takes_the_tighter_calibrated_tail_only_for_its_resources(
     # an unknown increments tail (NaN) is never used, and scores as the model's
     cand[..., 1, :] = np.nan
     np.testing.assert_array_equal(sel.select(idx, cand)[0], model[0])
-    with pytest.raises(ValueError, match="tail resources"):
+    with pytest.raises(ValueError, match="unknown tail resource"):
         TailSelector(1, R, resources=("gpu",))
 
 

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 from prae.errors import PraeError
-from prae.resources import RESOURCES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -80,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     from prae.backtest.runner import BacktestConfig, run_backtest
     from prae.backtest.summary import format_tables, goals, score
     from prae.model.predictor import Predictor
-    from prae.model.tails import TAIL_RESOURCES
+    from prae.model.tails import TAIL_RESOURCES, tail_columns
     from prae.traces import load_trace
 
     t0 = time.perf_counter()
@@ -90,12 +89,10 @@ def run(args: argparse.Namespace) -> int:
             if args.tail_resources is None
             else tuple(r.strip() for r in args.tail_resources.split(",") if r.strip() not in ("", "none"))
         )
-        bad = [r for r in tails if r not in RESOURCES]
-        if bad:
-            raise ValueError(
-                f"--tail-resources: unknown resource(s) {', '.join(bad)}; use a comma-separated "
-                f"subset of {','.join(RESOURCES)}, or 'none'"
-            )
+        try:
+            tail_columns(tails)  # before any forecasting, and named by its flag
+        except ValueError as exc:
+            raise ValueError(f"--tail-resources: {exc} (comma-separated), or 'none'") from None
         ids = [s.strip() for s in args.series.split(",")] if args.series else None
         series = load_trace(
             args.trace, args.format, step_s=args.step_s, ids=ids, limit=args.max_series

@@ -97,7 +97,7 @@ class IncrementQuantiles:
             raise ValueError(f"window must be >= 1 change, got {window}")
         if not 1 <= min_count <= window:
             raise ValueError(f"min_count must be in 1..window ({window}), got {min_count}")
-        self._cols = _columns(resources)
+        self._cols = tail_columns(resources)
         self.quantiles = np.asarray(quantiles, dtype=np.float64)
         self.window = int(window)
         self.min_count = int(min_count)
@@ -132,10 +132,13 @@ class IncrementQuantiles:
         return out
 
 
-def _columns(resources: tuple[str, ...]) -> list[int]:
-    unknown = sorted(set(resources) - set(RESOURCES))
+def tail_columns(resources: tuple[str, ...]) -> list[int]:
+    """Indices of ``resources`` in ``RESOURCES``; ValueError naming the unknown ones."""
+    unknown = [r for r in resources if r not in RESOURCES]
     if unknown:
-        raise ValueError(f"tail resources must be among {RESOURCES}, got {unknown}")
+        raise ValueError(
+            f"unknown tail resource(s) {', '.join(unknown)}; use a subset of {','.join(RESOURCES)}"
+        )
     return [RESOURCES.index(r) for r in resources]
 
 
@@ -157,7 +160,7 @@ class TailSelector(MedianSelector):
         self.names = ("model", "increments")
         self._tau = np.asarray(quantiles, dtype=np.float64)
         self._upper = self._tau >= TAIL_FROM
-        self._allowed = np.isin(np.arange(n_resources), _columns(resources))
+        self._allowed = np.isin(np.arange(n_resources), tail_columns(resources))
 
     def update(self, idx: np.ndarray, issued: np.ndarray, actual: np.ndarray) -> None:
         """issued: shape (n, R, 2, Q) the two tails issued for the target (a NaN one scores
