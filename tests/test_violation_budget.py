@@ -108,6 +108,39 @@ def test_pooled_budget_spends_where_cheapest_over_time() -> None:
     assert spiky > calm  # the budget goes to the steps where it buys the most
 
 
+def test_steady_workloads_held_above_the_old_top_level_leave_budget_to_a_spiky_one() -> None:
+    """Four steady workloads (q0.99 only 0.1 % above q0.95) and one spiky one, 1 % budget,
+    the pooled price settled over 2000 steps. With the grid ending at 0.9995 the steady
+    ones can buy no more safety there; with the grid reaching 0.99995 they climb (for a
+    few thousandths of a unit each), the spiky one is held lower on average, and fewer
+    units are reserved for the same 1 % of workload-steps short."""
+    from prae.policy.violation_budget import POOLED_LEVELS, PooledBudget
+
+    old = tuple(x for x in POOLED_LEVELS if x <= 0.9995)
+    steady = np.array([9.0, 10.0, 11.0, 11.0, 11.011])
+    spiky = np.array([0.5, 2.0, 6.0, 9.0, 20.0])
+    q = np.stack([steady] * 4 + [spiky])[None]  # (1, S, Q)
+    got = {}
+    for levels in (old, POOLED_LEVELS):
+        policy = PooledBudget(0.01, rate=0.005, levels=levels)
+        state = policy.initial_state(1)
+        level, units = [], []
+        for _ in range(3000):
+            res, state = policy.step(q, state)
+            level.append(res.level[0])
+            units.append(res.alloc.sum())
+        settled = np.array(level[1000:])
+        got[levels] = (settled[:, 0].mean(), settled[:, -1].mean(), np.mean(units[1000:]), np.mean(1 - settled))
+    (steady_old, spiky_old, units_old, short_old), (steady_new, spiky_new, units_new, short_new) = (
+        got[old],
+        got[POOLED_LEVELS],
+    )
+    assert short_old == pytest.approx(0.01, abs=5e-4) and short_new == pytest.approx(0.01, abs=5e-4)
+    assert steady_new > 0.9995 >= steady_old
+    assert spiky_new < spiky_old
+    assert units_new < units_old
+
+
 def test_pooled_budget_bad_arguments() -> None:
     from prae.policy.violation_budget import PooledBudget
 
