@@ -102,7 +102,7 @@ class PendingForecast:
     source: str
     model_version: str
     shadow_used: bool
-    issued: IssuedForecast | None = None  # the choices to score (None: the fallback rule's)
+    issued: IssuedForecast | None = None  # what the choices learn from at the target (None: nothing)
 
 
 @dataclass

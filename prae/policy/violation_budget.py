@@ -42,12 +42,12 @@ too. Why a power tail: usage beyond q0.99 is far heavier than an exponential thr
 q0.95 and q0.99. On 25 training Bitbrains VMs the actuals above q0.99 went past it by
 0.6 (mem) to 1.2 (disk) spacings (q0.99 - q0.95) at their median and by 6 (mem) to 100
 (net) at their 90th percentile, where an exponential tail puts 0.43 and 1.43; the rows
-held at the extrapolated q0.9995 were short 0.4-0.6 % of the time, not 0.05 %. Slack ratios at 1 % there, exponential -> power: cpu 0.725 ->
-0.711, mem 0.836 -> 0.836, disk 0.771 -> 0.765, net 0.911 -> 0.908; PRAE's own shortfall
-1.38 / 1.09 / 1.34 / 1.47 % -> 1.32 / 1.03 / 1.24 / 1.39 %. (Scaling the exponential tail
-by 2 or 3 gave cpu 0.695 / 0.690 and disk 0.761 / 0.757 but made mem worse, 0.837 /
-0.842; the power tail has no such knob.) Levels between two forecast quantiles below 0.95
-are interpolated linearly.
+held at the extrapolated q0.9995 were short 0.4-0.6 % of the time, not 0.05 %. Slack
+ratios at 1 % there, exponential -> power: cpu 0.725 -> 0.711, mem 0.836 -> 0.836, disk
+0.771 -> 0.765, net 0.911 -> 0.908; PRAE's own shortfall 1.38 / 1.09 / 1.34 / 1.47 % ->
+1.32 / 1.03 / 1.24 / 1.39 %. (Scaling the exponential tail by 2 or 3 gave cpu 0.695 /
+0.690 and disk 0.761 / 0.757 but made mem worse, 0.837 / 0.842; the power tail has no
+such knob.) Levels between two forecast quantiles below 0.95 are interpolated linearly.
 
 Pooled over time
 ----------------
