@@ -37,17 +37,23 @@ e.g. q0.95 = 4, q0.99 = 8 gives q0.97 = 8 - 4 * ln(3) / ln(5) = 5.3. Levels abov
 follow a power (Pareto) tail through the same two: ``q(tau) = q0.99 * (q0.99 / q0.95) **
 (ln((1 - 0.99) / (1 - tau)) / ln(5))``; the same forecast gives q0.999 = 8 * 2 ** (ln(10) /
 ln(5)) = 21.6 (the exponential tail would say 13.7), a steady one (q0.95 = 10.0, q0.99 =
-10.1) 10.245 (exponential: 10.243). Where q0.95 is 0 the exponential tail is used there
-too. Why a power tail: usage beyond q0.99 is far heavier than an exponential through
+10.1) 10.245 (exponential: 10.243). The ratio q0.99 / q0.95 is capped at
+``MAX_TAIL_RATIO`` (3): a mostly idle workload with q0.95 = 0.01 and q0.99 = 1 core would
+otherwise be held at ~730 cores at q0.999 (100 ** 1.43) whenever a small pool or a tight
+budget pushes it there; capped, 4.8 cores. Where q0.95 is 0 the exponential tail is used
+there too. Why a power tail: usage beyond q0.99 is far heavier than an exponential through
 q0.95 and q0.99. On 25 training Bitbrains VMs the actuals above q0.99 went past it by
 0.6 (mem) to 1.2 (disk) spacings (q0.99 - q0.95) at their median and by 6 (mem) to 100
 (net) at their 90th percentile, where an exponential tail puts 0.43 and 1.43; the rows
 held at the extrapolated q0.9995 were short 0.4-0.6 % of the time, not 0.05 %. Slack
-ratios at 1 % there, exponential -> power: cpu 0.725 -> 0.711, mem 0.836 -> 0.836, disk
-0.771 -> 0.765, net 0.911 -> 0.908; PRAE's own shortfall 1.38 / 1.09 / 1.34 / 1.47 % ->
-1.32 / 1.03 / 1.24 / 1.39 %. (Scaling the exponential tail by 2 or 3 gave cpu 0.695 /
-0.690 and disk 0.761 / 0.757 but made mem worse, 0.837 / 0.842; the power tail has no
-such knob.) Levels between two forecast quantiles below 0.95 are interpolated linearly.
+ratios at 1 % there, exponential -> power (capped): cpu 0.725 -> 0.711, mem 0.836 ->
+0.836, disk 0.771 -> 0.761, net 0.911 -> 0.907; PRAE's own shortfall 1.38 / 1.09 / 1.34 /
+1.47 % -> 1.33 / 1.03 / 1.26 / 1.40 %. (Scaling the exponential tail by 2 or 3 gave
+cpu 0.695 / 0.690 and disk 0.761 / 0.757 but made mem worse, 0.837 / 0.842.) The cap was
+set there too: ratios capped at 1.5 / 2 / 3 / 5 / not at all gave disk 0.779 / 0.767 /
+0.761 / 0.764 / 0.765, net 0.910 / 0.908 / 0.907 / 0.908 / 0.908, cpu and mem within
+0.002 of each other from 2 up. Levels between two forecast quantiles below 0.95 are
+interpolated linearly.
 
 Pooled over time
 ----------------
@@ -72,6 +78,7 @@ import numpy as np
 from prae.resources import QUANTILES
 
 LEVELS: tuple[float, ...] = (0.5, 0.9, 0.95, 0.99, 0.995, 0.999)
+MAX_TAIL_RATIO = 3.0  # the power tail's q0.99 / q0.95 is capped here (module docstring)
 # Finer grid for the pooled price: with one price for every step, the level is the only
 # thing a workload can trade, and a 0.95 -> 0.99 jump is too coarse for steady ones.
 # It reaches 0.99995 because a steady workload (q0.99 barely above q0.95) costs almost
@@ -108,7 +115,7 @@ def tail_levels(
     qs = list(quantiles)
     q95, q99 = q[..., qs.index(0.95)], q[..., qs.index(0.99)]
     with np.errstate(divide="ignore", invalid="ignore"):
-        log_ratio = np.where(q95 > 0, np.log(np.maximum(q99, q95) / q95), np.nan)
+        log_ratio = np.where(q95 > 0, np.log(np.clip(q99 / q95, 1.0, MAX_TAIL_RATIO)), np.nan)
     cols = []
     for tau in levels:
         below = [x for x in qs if x < tau]
