@@ -41,9 +41,10 @@ class Series:
     values: deque[np.ndarray] = field(default_factory=lambda: deque(maxlen=MAX_HISTORY))
     progress: deque[float] = field(default_factory=lambda: deque(maxlen=MAX_HISTORY))
     total: int = 0  # samples ever seen (the deques forget the oldest)
-    # (total, stacked values): a tick reads the stack for its model window and again for the
-    # shadow's level ratio; restacking up to MAX_HISTORY rows each time is wasted work
-    _stacked: tuple[int, np.ndarray] | None = field(default=None, init=False, repr=False)
+    # (total, stacked values, times): a tick reads the stack for its model window, the
+    # shadow's level ratio and the hour's peak, and the times for the peak and for each
+    # resolved target; rebuilding up to MAX_HISTORY rows each time is wasted work
+    _stacked: tuple[int, np.ndarray, np.ndarray] | None = field(default=None, init=False, repr=False)
 
     def extend(self, samples: Iterable[TelemetrySample]) -> None:
         for s in samples:
@@ -55,31 +56,36 @@ class Series:
     def __len__(self) -> int:
         return len(self.ts)
 
-    def array(self) -> np.ndarray:
-        """(T, R) the values, oldest first; read-only, rebuilt only after new samples."""
+    def _arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(values (T, R), times (T,)), oldest first; read-only, rebuilt only after new samples."""
         if self._stacked is None or self._stacked[0] != self.total:
             arr = np.stack(self.values) if self.values else np.zeros((0, len(RESOURCES)))
+            ts = np.fromiter(self.ts, dtype=float, count=len(self.ts))
             arr.setflags(write=False)
-            self._stacked = (self.total, arr)
-        return self._stacked[1]
+            ts.setflags(write=False)
+            self._stacked = (self.total, arr, ts)
+        return self._stacked[1], self._stacked[2]
+
+    def array(self) -> np.ndarray:
+        """(T, R) the values, oldest first; read-only, rebuilt only after new samples."""
+        return self._arrays()[0]
 
     def peak(self, seconds: float) -> np.ndarray:
         """(R,) the max of each resource over the samples of the last ``seconds`` (up to the
         newest sample, inclusive); NaN where none is known."""
-        if not self.ts:
+        values, ts = self._arrays()
+        if not ts.size:
             return np.full(len(RESOURCES), np.nan)
-        ts = np.fromiter(self.ts, dtype=float, count=len(self.ts))
-        first = int(np.searchsorted(ts, ts[-1] - seconds, side="left"))
-        recent = self.array()[first:]
+        recent = values[int(np.searchsorted(ts, ts[-1] - seconds, side="left")) :]
         top = np.where(np.isnan(recent), -np.inf, recent).max(axis=0)
         return np.where(np.isfinite(top), top, np.nan)
 
     def nearest(self, ts: float) -> tuple[float, np.ndarray] | None:
-        if not self.ts:
+        values, times = self._arrays()
+        if not times.size:
             return None
-        arr = np.fromiter(self.ts, dtype=float)
-        i = int(np.argmin(np.abs(arr - ts)))
-        return arr[i], self.values[i]
+        i = int(np.argmin(np.abs(times - ts)))
+        return float(times[i]), values[i]
 
 
 class IssuedForecast(NamedTuple):
