@@ -36,6 +36,7 @@ from prae.model.combination import MedianSelector, point_candidates, with_median
 from prae.model.predictor import Predictor
 from prae.model.tails import (
     ANCHOR_PEAK_S,
+    HOUR_PEAK_RESOURCES,
     INCREMENT_WINDOW,
     TAIL_HALF_LIFE,
     TAIL_RESOURCES,
@@ -271,8 +272,13 @@ def choose_tail(grid: Grid, cal: np.ndarray, cfg: BacktestConfig, lead: int) -> 
     CPU's peak of the last hour) plus the series' recent changes from it over the lead
     (``IncrementQuantiles``), whichever had the smaller recent pinball loss
     (``TailChoice``). Causal like ``choose_median``."""
-    peak_steps = max(1, int(round(ANCHOR_PEAK_S / grid.step_s)))
-    anchor = tail_anchor(last_value(grid.y), window_max(grid.y, peak_steps))
+    # the hour's max only where it is an anchor (a window over every resource is a
+    # temporary of S x T x R x 12 floats: ~330 MB for 100 VMs x 30 days)
+    peak = np.full(grid.y.shape, np.nan)
+    cols = [RESOURCES.index(r) for r in HOUR_PEAK_RESOURCES if r in cfg.tail_resources]
+    if cols:
+        peak[..., cols] = window_max(grid.y[..., cols], max(1, int(round(ANCHOR_PEAK_S / grid.step_s))))
+    anchor = tail_anchor(last_value(grid.y), peak)
     choice = TailChoice(cal.shape[0], cfg.tail_resources, cfg.increment_window, cfg.tail_half_life)
     increments = np.full(cal.shape, np.nan)  # the increments' tail issued at each step
     out = cal.copy()
