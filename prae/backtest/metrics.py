@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from prae.model.calibration import pinball
+
 
 def wape(y: np.ndarray, point: np.ndarray) -> float:
     den = np.abs(y).sum()
@@ -31,9 +33,7 @@ def wape(y: np.ndarray, point: np.ndarray) -> float:
 
 def scaled_pinball(y: np.ndarray, q: np.ndarray, levels: tuple[float, ...]) -> float:
     """y: (n,), q: (n, Q)."""
-    tau = np.asarray(levels)[None, :]
-    diff = y[:, None] - q
-    loss = np.maximum(tau * diff, (tau - 1.0) * diff)
+    loss = pinball(y[:, None], q, np.asarray(levels)[None, :])
     den = np.abs(y).sum() * len(levels)
     return float(loss.sum() / den) if den > 0 else float("nan")
 
