@@ -1,0 +1,215 @@
+"""How long one tick of the run loop takes with many workloads, and where the time goes.
+
+    .venv/bin/python bench/engine_tick.py                      # 10, 100 and 1000 workloads
+    .venv/bin/python bench/engine_tick.py --workloads 2000 --ticks 5
+
+The loop (``prae.engine.loop.EngineLoop``) runs as the engine runs it, minus Ray: the
+shipped model in this process (the Serve app's code path without the HTTP hop), the real
+``ReservationBroker`` over an in-memory placement backend that grants everything, the real
+``FeedbackStore`` on a temporary directory, and telemetry from a random walk per workload,
+each with a sample shadow. Each workload gets ``--warm`` ticks of history first, so
+forecasts resolve, the choices learn and windows are full-length.
+
+Printed per workload count: the median tick (ticks that flush the store are reported
+apart: the store writes one file per workload and table), the model's inference alone
+on the same batch (the baseline: what a tick cannot go below), and the rest per workload.
+At 1 Hz a tick must stay under 1000 ms. The last line is JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from prae.config import parse_config  # noqa: E402
+from prae.engine.broker import ReservationBroker  # noqa: E402
+from prae.engine.loop import EngineLoop, ForecastBatch, Polled  # noqa: E402
+from prae.engine.tracker import RoleStatus  # noqa: E402
+from prae.model.predictor import Predictor  # noqa: E402
+from prae.store.feedback import FeedbackStore  # noqa: E402
+from prae.telemetry.sample import TelemetrySample  # noqa: E402
+
+GIB = 1024**3
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class WalkTelemetry:
+    """One live and one shadow sample per workload per poll: a random walk in log space."""
+
+    def __init__(self, names: list[str], clock: Clock, seed: int) -> None:
+        self.names, self.clock = names, clock
+        self.rng = np.random.default_rng(seed)
+        self.level = self.rng.normal(0.0, 1.0, (len(names), 4))
+        self.t = 0
+
+    def poll(self) -> dict[str, Polled]:
+        self.t += 1
+        self.level += self.rng.normal(0.0, 0.1, self.level.shape)
+        v = np.exp(self.level) * np.array([1.0, GIB, 1e6, 1e6])
+        p = min(1.0, self.t / 10_000)
+        out = {}
+        for i, name in enumerate(self.names):
+            live = TelemetrySample(self.clock.now, *v[i], progress=p)
+            shadow = TelemetrySample(self.clock.now, *(0.05 * v[i]), progress=min(1.0, 20 * p))
+            out[name] = Polled([live], [shadow], RoleStatus(), RoleStatus())
+        return out
+
+    def stop(self, workload: str | None = None) -> None:
+        pass
+
+
+class TimedModel:
+    """The shipped model in-process, timing its inference."""
+
+    def __init__(self) -> None:
+        self.predictor = Predictor.builtin()
+        self.version = self.predictor.version
+        self.window_steps = self.predictor.window_steps
+        self.horizon_steps = self.predictor.horizon_steps
+        self.seconds: list[float] = []
+
+    def forecast(self, live: np.ndarray, shadow: np.ndarray) -> ForecastBatch:
+        t0 = time.perf_counter()
+        q = self.predictor.predict(live, shadow)
+        self.seconds.append(time.perf_counter() - t0)
+        return ForecastBatch(q, "model", self.version)
+
+    def swap(self, checkpoint: str) -> str:
+        return self.version
+
+
+class GrantAll:
+    """A placement backend with room for everything: every group is ready at once."""
+
+    def create(self, name: str, bundles: list[dict[str, float]]) -> str:
+        return name
+
+    def is_ready(self, group: str) -> bool:
+        return True
+
+    def remove(self, group: str) -> None:
+        pass
+
+    def list_existing(self, prefix: str) -> list[tuple[str, Any]]:
+        return []
+
+
+class BrokerAllocator:
+    def __init__(self, broker: ReservationBroker) -> None:
+        self.broker = broker
+
+    def apply(self, requests: Any, now: float) -> dict[str, tuple[float, float]]:
+        self.broker.apply(requests, now)
+        return {w: self.broker.ready_amount(w) for w in self.broker.active}
+
+    def release(self, workload: str, now: float) -> None:
+        self.broker.release(workload, now)
+
+    def release_all(self, now: float) -> None:
+        self.broker.release_all(now)
+
+    def records(self) -> list[dict[str, Any]]:
+        return self.broker.records()
+
+
+def measure(n: int, ticks: int, warm: int, seed: int) -> dict[str, float]:
+    names = [f"w{i:05d}" for i in range(n)]
+    root = tempfile.mkdtemp(prefix="prae-tick-")
+    cfg = parse_config(
+        {
+            "run": {"interval_s": 1.0, "store_dir": f"{root}/store"},
+            "allocator": {"violation_budget": 0.01},
+            "workloads": [{"name": w, "kind": "etl", "shadow": {"mode": "sample"}} for w in names],
+        },
+        "bench.yaml",
+    )
+    clock = Clock()
+    model = TimedModel()
+    store = FeedbackStore(cfg.run.store_dir)
+    loop = EngineLoop(
+        cfg,
+        WalkTelemetry(names, clock, seed),
+        model,
+        BrokerAllocator(ReservationBroker(GrantAll(), None, "bench-")),
+        store,
+        None,
+        clock=clock,
+    )
+    flush_s: list[float] = []
+    inner = store.flush
+
+    def timed_flush() -> int:
+        t0 = time.perf_counter()
+        rows = inner()
+        flush_s.append(time.perf_counter() - t0)
+        return rows
+
+    store.flush = timed_flush  # type: ignore[method-assign]
+    for _ in range(warm):
+        loop.tick()
+        clock.now += 1.0
+    model.seconds.clear()
+    flush_s.clear()
+    plain, flushing = [], []
+    for _ in range(ticks):
+        before = len(flush_s)
+        t0 = time.perf_counter()
+        loop.tick()
+        dt = time.perf_counter() - t0
+        (flushing if len(flush_s) > before else plain).append(dt - (flush_s[-1] if len(flush_s) > before else 0.0))
+        clock.now += 1.0
+    tick = float(np.median(plain + flushing))  # the tick's own work; the flush is apart
+    infer = float(np.median(model.seconds))
+    flush = float(np.median(flush_s)) if flush_s else float("nan")
+    return {
+        "workloads": n,
+        "tick_ms": 1e3 * tick,
+        "inference_ms": 1e3 * infer,
+        "tick_over_inference": tick / infer,
+        "rest_per_workload_us": 1e6 * (tick - infer) / n,
+        "flush_ms": 1e3 * flush,
+        "flush_every_ticks": loop.flush_every,
+        "tick_with_flush_share_ms": 1e3 * (tick + flush / loop.flush_every),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workloads", default="10,100,1000", help="comma-separated workload counts")
+    ap.add_argument("--ticks", type=int, default=10, help="timed ticks per count")
+    ap.add_argument("--warm", type=int, default=30, help="untimed ticks first (history, resolved forecasts)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    results = []
+    for n in (int(x) for x in args.workloads.split(",")):
+        r = measure(n, args.ticks, args.warm, args.seed)
+        results.append(r)
+        print(
+            f"{n:5d} workloads: tick {r['tick_ms']:7.1f} ms (model inference {r['inference_ms']:6.1f} ms, "
+            f"x{r['tick_over_inference']:.1f}; the rest {r['rest_per_workload_us']:.0f} us per workload); "
+            f"store flush {r['flush_ms']:.0f} ms every {r['flush_every_ticks']} ticks "
+            f"-> {r['tick_with_flush_share_ms']:.0f} ms per tick with its share",
+            flush=True,
+        )
+    print(json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
