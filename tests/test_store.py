@@ -72,6 +72,32 @@ def test_failed_flush_keeps_rows_for_retry(tmp_path, monkeypatch):
     assert store.flush() == 1 and store.read("telemetry").num_rows == 1
 
 
+def test_a_failed_flush_keeps_the_rows_of_every_workload_it_had_not_reached(tmp_path, monkeypatch):
+    """The first file of a flush fails: the rows of the workloads after it were taken out of
+    the buffers too, and must be put back with it, ahead of rows appended since."""
+    store = FeedbackStore(tmp_path)
+    for w in ("a", "b", "c"):
+        store.append("telemetry", w, [tel(1), tel(2)])
+    real = store._write
+    calls = []
+
+    def fail_first(table, workload, rows):
+        calls.append(workload)
+        if len(calls) == 1:
+            raise StoreError("disk full")
+        real(table, workload, rows)
+
+    monkeypatch.setattr(store, "_write", fail_first)
+    with pytest.raises(StoreError):
+        store.flush()
+    assert store.pending_rows() == 6
+    store.append("telemetry", "a", [tel(3)])
+    assert store.flush() == 7
+    a = store.read("telemetry", "a")
+    assert a.column("ts").to_pylist() == [1, 2, 3]
+    assert store.read("telemetry").num_rows == 7
+
+
 def test_unknown_table_and_unwritable_root(tmp_path):
     store = FeedbackStore(tmp_path)
     with pytest.raises(StoreError, match="unknown table"):

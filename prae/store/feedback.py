@@ -113,15 +113,18 @@ class FeedbackStore:
         with self._lock:
             buffers, self._buffers = self._buffers, defaultdict(list)
         written = 0
-        for (table, workload), rows in buffers.items():
+        items = list(buffers.items())
+        for k, ((table, workload), rows) in enumerate(items):
             if not rows:
                 continue
             try:
                 self._write(table, workload, rows)
             except Exception:
-                # Put them back so a retry (or the final flush) can still land them.
+                # Put back these rows and every buffer not written yet, ahead of rows appended
+                # since, so a retry (or the final flush) can still land them, in order.
                 with self._lock:
-                    self._buffers[(table, workload)][:0] = rows
+                    for key, left in items[k:]:
+                        self._buffers[key][:0] = left
                 raise
             written += len(rows)
         return written
