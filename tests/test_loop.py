@@ -329,8 +329,8 @@ def test_a_workloads_next_run_starts_from_the_choice_its_last_run_learnt(tmp_pat
     assert all(r.count.min() > 0 for r in learnt.values())
     again, *_ = build(tmp_path)
     for name, tr in again.trackers.items():
-        np.testing.assert_allclose(tr.median_choice.err[0], learnt[name].err)
-        np.testing.assert_array_equal(tr.median_choice.count[0], learnt[name].count)
+        np.testing.assert_allclose(tr.choice_record().err, learnt[name].err)
+        np.testing.assert_array_equal(tr.choice_record().count, learnt[name].count)
     # a later run's record wins; a record with a negative error is not used, and says so
     table = store.read("choices", "steady")
     later = table.set_column(0, "saved_at", pa.array([t + 10.0 for t in table.column("saved_at").to_pylist()]))
@@ -422,3 +422,68 @@ def test_tracker_forecasts_a_burst_from_nothing_with_the_shadow_level():
             hits += bool(np.isclose(fc.quantiles[disk, i50], 2.0))
     assert bursts_ahead >= 4
     assert hits == bursts_ahead
+
+
+def test_trackers_sharing_one_learning_state_issue_and_learn_as_each_would_alone():
+    """The loop calibrates, chooses and learns for all its workloads in one call each
+    (``issue_forecasts``, ``learn_outcomes`` over one ``LearningState``). Three workloads
+    (one with a shadow) run that way and, side by side, each with a state of its own:
+    every issued forecast and everything learnt is the same -- including a workload whose
+    outcomes resolve four at a time after it was not resolved for a while (the reference
+    learns them one by one)."""
+    from prae.config import ShadowSpec, WorkloadSpec
+    from prae.engine.tracker import (
+        LearningState,
+        PendingForecast,
+        WorkloadTracker,
+        issue_forecasts,
+        learn_outcomes,
+    )
+
+    specs = [
+        WorkloadSpec(name="a", kind="etl"),
+        WorkloadSpec(name="b", kind="train", shadow=ShadowSpec(mode="sample", fraction=0.1)),
+        WorkloadSpec(name="c", kind="etl"),
+    ]
+    state = LearningState(3, median_half_life=20)
+    shared = [WorkloadTracker(s, 1.0, state=state, slot=i) for i, s in enumerate(specs)]
+    alone = [WorkloadTracker(s, 1.0, median_half_life=20) for s in specs]
+    rng = np.random.default_rng(7)
+    for i in range(101):  # b's shadow: done, with a step at progress 0.3..0.5
+        s = TelemetrySample(ts=0.01 * i, cpu=0.3 if 0.3 <= i / 100 < 0.5 else 0.1, mem=1.0, disk=1.0, net=1.0, progress=i / 100)
+        shared[1].shadow.extend([s])
+        alone[1].shadow.extend([s])
+    lead, slots = 2, np.arange(3)
+    for t in range(80):
+        level = rng.gamma(2.0, 1.0, (3, 4)) + np.array([[0.0], [1.0 if 30 <= t < 50 else 0.0], [0.0]])
+        raw = np.sort(rng.gamma(2.0, 1.0, (3, 4, len(QUANTILES))), axis=-1)
+        for trs in (shared, alone):
+            for k, tr in enumerate(trs):
+                tr.live.extend([TelemetrySample(1.0 + t, *level[k], progress=t / 100)])
+        # c is not resolved for a while, then all at once: several outcomes of one slot in a tick
+        skip = {2} if 40 <= t < 43 else set()
+        outcomes = []
+        for k, tr in enumerate(shared):
+            if k not in skip:
+                rows, done = tr.take_resolved({})
+                outcomes.extend((tr.slot, fc, y) for fc, y in done)
+        learn_outcomes(state, outcomes)
+        for k, tr in enumerate(alone):  # the reference: one outcome per call, in order
+            if k not in skip:
+                for fc, y in tr.take_resolved({})[1]:
+                    learn_outcomes(tr.state, [(0, fc, y)])
+        cal = state.calibration.adjust(slots, raw)
+        got = issue_forecasts(shared, raw, cal, lead)
+        for k, tr in enumerate(alone):
+            cal_k = tr.state.calibration.adjust(np.zeros(1, np.int64), raw[k][None])[0]
+            want = tr.point_forecast(raw[k], cal_k, lead)
+            for a, b in zip(got[k], want, strict=True):
+                np.testing.assert_array_equal(a, b)
+            for trs, fc in ((shared, got[k]), (alone, want)):
+                trs[k].add_forecast(PendingForecast(1.0 + t, 1.0 + t + lead, fc.quantiles, raw[k], "model", "v", k == 1, fc))
+    for k, tr in enumerate(alone):
+        mine, theirs = shared[k].choice_record(), tr.choice_record()
+        np.testing.assert_array_equal(mine.err, theirs.err)
+        np.testing.assert_array_equal(mine.count, theirs.count)
+        assert state.calibration.coverage(np.array([k])) == tr.state.calibration.coverage()
+    assert shared[1].choice_record().count.min() > 0

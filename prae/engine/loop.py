@@ -24,7 +24,15 @@ import numpy as np
 
 from prae.config import PraeConfig, WorkloadSpec
 from prae.engine.choices import choice_rows, latest_choice
-from prae.engine.tracker import PendingForecast, RoleStatus, WorkloadTracker, telemetry_rows
+from prae.engine.tracker import (
+    LearningState,
+    PendingForecast,
+    RoleStatus,
+    WorkloadTracker,
+    issue_forecasts,
+    learn_outcomes,
+    telemetry_rows,
+)
 from prae.policy.requests import (
     Interval,
     ReservationPlanner,
@@ -132,12 +140,16 @@ class EngineLoop:
         self.clock = clock
         self.flush_every = flush_every
         self.trackers = {}
-        for w in config.workloads:
+        # one slot per workload: a tick calibrates, chooses and learns for all in one call each
+        self.learning = LearningState(max(1, len(config.workloads)))
+        for slot, w in enumerate(config.workloads):
             # a run's end writes one choices file per workload: the newest is its last run's
             carried = latest_choice(store.read("choices", w.name, newest=1), w.name)
             if carried is not None:
                 log.info("workload '%s': point-forecast choice carried from its previous run", w.name)
-            self.trackers[w.name] = WorkloadTracker(w, config.run.interval_s, carried=carried)
+            self.trackers[w.name] = WorkloadTracker(
+                w, config.run.interval_s, carried=carried, state=self.learning, slot=slot
+            )
         self.policies = {w.name: workload_policy(w) for w in config.workloads}
         # Hysteresis against what was last asked for, shrink-rate limits, resizes counted
         # per workload-hour: the same planner drives the cluster simulator.
@@ -187,10 +199,13 @@ class EngineLoop:
         return {"cpu": cpu, "mem": mem}
 
     def _resolve(self, final: bool = False) -> None:
+        outcomes = []
         for name, tr in self.trackers.items():
-            rows = tr.resolve(self._reserved(name), final=final)
+            rows, resolved = tr.take_resolved(self._reserved(name), final=final)
+            outcomes.extend((tr.slot, fc, y) for fc, y in resolved)
             if rows:
                 self.store.append("forecasts", name, rows)
+        learn_outcomes(self.learning, outcomes)
 
     def _forecast_and_allocate(self, now: float) -> None:
         running = [t for t in self.trackers.values() if t.ready_to_forecast()]
@@ -208,20 +223,21 @@ class EngineLoop:
         self.model_version = batch.version if batch.source == "model" else self.model_version
         h = min(run.horizon_steps, batch.quantiles.shape[1]) - 1
         lead_s = (h + 1) * run.interval_s
-        all_steps, issued = [], []
+        raw_steps = np.asarray(batch.quantiles[:, : h + 1], dtype=float)  # (n, h+1, R, Q)
+        slots = np.array([tr.slot for tr in running], dtype=np.int64)
+        all_steps = self.learning.calibration.adjust(slots, raw_steps)
+        chosen = issue_forecasts(running, raw_steps[:, h], all_steps[:, h], h + 1)
+        issued = []
         for i, tr in enumerate(running):
-            raw_steps = np.asarray(batch.quantiles[i, : h + 1], dtype=float)  # (h+1, R, Q)
-            cal_steps = tr.calibrator.adjust(raw_steps)
-            raw = raw_steps[h]
-            fc = tr.point_forecast(raw, cal_steps[h], h + 1)
-            cal_steps[h] = fc.quantiles
+            fc = chosen[i]
+            all_steps[i, h] = fc.quantiles
             issued_at = tr.live.ts[-1]
             tr.add_forecast(
                 PendingForecast(
-                    issued_at, issued_at + lead_s, fc.quantiles, raw, batch.source, batch.version, windows[i][2], fc
+                    issued_at, issued_at + lead_s, fc.quantiles, raw_steps[i, h], batch.source, batch.version,
+                    windows[i][2], fc,
                 )
             )
-            all_steps.append(cal_steps)
             issued.append(issued_at)
         amounts = self._budget_amounts(all_steps)
         forecasts = [
@@ -239,9 +255,9 @@ class EngineLoop:
         requests = self.planner.plan(forecasts, now, held=self.held)
         self.held = dict(self.allocator.apply(requests, now))
 
-    def _budget_amounts(self, q_steps: Sequence[np.ndarray]) -> np.ndarray | None:
+    def _budget_amounts(self, q_steps: np.ndarray) -> np.ndarray | None:
         """(S, 2) cpu and mem to reserve for each running workload under the violation
-        budget, or None without one. q_steps: per workload (h+1, R, Q) calibrated.
+        budget, or None without one. q_steps: (S, h+1, R, Q) calibrated.
 
         Each workload's quantiles are their peaks over the steps up to the lead (so, as
         with reserve_quantile, no step before the lead is let go); ``PooledBudget`` picks
@@ -250,7 +266,7 @@ class EngineLoop:
         """
         if self.budget is None or self.budget_state is None:
             return None
-        peaks = np.stack([np.asarray(q).max(axis=0) for q in q_steps])  # (S, R, Q), monotone in Q
+        peaks = q_steps.max(axis=1)  # (S, R, Q), monotone in Q
         res, self.budget_state = self.budget.step(peaks[:, list(ALLOCATED)].transpose(1, 0, 2), self.budget_state)
         return np.asarray(res.alloc).T
 
