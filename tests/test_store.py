@@ -98,6 +98,43 @@ def test_a_failed_flush_keeps_the_rows_of_every_workload_it_had_not_reached(tmp_
     assert store.read("telemetry").num_rows == 7
 
 
+def test_a_background_flush_writes_while_the_caller_goes_on(tmp_path, monkeypatch, caplog):
+    """``start_flush`` returns before the rows are on disk; rows appended meanwhile go to the
+    next flush; ``flush`` waits for the background one. A failed background write loses
+    nothing: its rows are retried by the next flush."""
+    import threading
+
+    store = FeedbackStore(tmp_path)
+    store.append("telemetry", "a", [tel(1)])
+    release = threading.Event()
+    real = store._write
+
+    def slow(table, workload, rows):
+        assert release.wait(10)
+        real(table, workload, rows)
+
+    monkeypatch.setattr(store, "_write", slow)
+    assert store.start_flush()
+    assert not store.start_flush()  # one at a time: the rows stay buffered for the next
+    store.append("telemetry", "a", [tel(2)])
+    assert store.read("telemetry").num_rows == 0  # still writing
+    release.set()
+    assert store.flush() == 1  # waited for the first row's write, then wrote the second
+    assert store.read("telemetry", "a").column("ts").to_pylist() == [1, 2]
+
+    def boom(*a, **k):
+        raise StoreError("disk full")
+
+    monkeypatch.setattr(store, "_write", boom)
+    store.append("telemetry", "b", [tel(3)])
+    assert store.start_flush()
+    store._writer.join(10)
+    assert "background flush of the feedback store failed (disk full)" in caplog.text
+    assert store.pending_rows() == 1
+    monkeypatch.setattr(store, "_write", real)
+    assert store.flush() == 1 and store.read("telemetry", "b").num_rows == 1
+
+
 def test_unknown_table_and_unwritable_root(tmp_path):
     store = FeedbackStore(tmp_path)
     with pytest.raises(StoreError, match="unknown table"):

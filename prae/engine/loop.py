@@ -7,7 +7,7 @@ Each tick, in order:
     4. allocate  plan requests by confidence, realise them as reservations (policy -> Allocator)
     5. release   what finished workloads held
     6. learn     retrain from the store in the background; hot-swap when done (Retrainer)
-    7. flush     the feedback store, every few ticks
+    7. flush     the feedback store, every few ticks, on a background thread
 
 The ports are Protocols: Ray implements them in :mod:`prae.engine.ray_ports`, tests with fakes.
 """
@@ -181,7 +181,7 @@ class EngineLoop:
         self._learn(now)
         self.ticks += 1
         if self.ticks % self.flush_every == 0:
-            self.store.flush()
+            self.store.start_flush()  # on a thread: the tick does not wait for the disk
         return any(not t.finished for t in self.trackers.values())
 
     def _poll(self) -> None:

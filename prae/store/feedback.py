@@ -11,6 +11,10 @@ Crash safety: every flush writes complete, immutable files. A file is written un
 ``.tmp`` name, fsynced, then renamed into place (rename is atomic on POSIX), so a reader
 never sees half a file and a crash loses at most the rows buffered since the last flush.
 Appends never rewrite earlier files.
+
+``start_flush`` writes on a background thread, so the run loop's tick does not wait for
+the disk: a flush writes one file per workload and table, 2.5 s for 1000 workloads here
+(bench/engine_tick.py), against a 1-s tick. ``flush`` waits for it and writes the rest.
 """
 
 from __future__ import annotations
@@ -94,6 +98,7 @@ class FeedbackStore:
         self._buffers: dict[tuple[str, str], list[Mapping[str, Any]]] = defaultdict(list)
         self._lock = threading.Lock()
         self._seq = 0
+        self._writer: threading.Thread | None = None  # the background flush, if one was started
 
     # ------------------------------------------------------------------ writing
 
@@ -109,7 +114,32 @@ class FeedbackStore:
             return sum(len(v) for v in self._buffers.values())
 
     def flush(self) -> int:
-        """Write every buffered row; returns how many rows were written."""
+        """Write every buffered row, after a background flush in progress has finished;
+        returns how many rows this call wrote. Raises ``StoreError`` if they cannot be
+        written (they stay buffered)."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.join()
+        return self._write_buffers()
+
+    def start_flush(self) -> bool:
+        """Write the buffered rows on a background thread and return at once. False, and
+        nothing started, while the previous one is still writing: the rows stay buffered
+        for the next. A failed background write is logged and its rows are put back, so
+        the next flush retries them (and ``flush`` raises if it fails too)."""
+        if self._writer is not None and self._writer.is_alive():
+            return False
+        self._writer = threading.Thread(target=self._write_in_background, name="prae-store-flush", daemon=True)
+        self._writer.start()
+        return True
+
+    def _write_in_background(self) -> None:
+        try:
+            self._write_buffers()
+        except Exception as exc:  # the rows are back in the buffers; the next flush retries
+            log.warning("background flush of the feedback store failed (%s); its rows are kept for the next", exc)
+
+    def _write_buffers(self) -> int:
         with self._lock:
             buffers, self._buffers = self._buffers, defaultdict(list)
         written = 0
