@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pyarrow as pa
+import pytest
 
 from prae.config import parse_config
 from prae.engine.broker import ReservationBroker
@@ -487,3 +488,30 @@ def test_trackers_sharing_one_learning_state_issue_and_learn_as_each_would_alone
         np.testing.assert_array_equal(mine.count, theirs.count)
         assert state.calibration.coverage(np.array([k])) == tr.state.calibration.coverage()
     assert shared[1].choice_record().count.min() > 0
+
+
+def test_a_series_keeps_its_newest_samples_in_order_across_its_buffer_wrapping():
+    """A tracker's series holds its newest ``capacity`` samples as one contiguous array; the
+    buffer moves them to its front when full. Fed 3 x its capacity, one sample at a time and
+    in batches, it reads back exactly the newest samples, oldest first."""
+    from prae.engine.tracker import Series
+
+    def sample(t: int) -> TelemetrySample:
+        return TelemetrySample(ts=float(t), cpu=t, mem=10 * t, disk=0.0, net=-1.0, progress=t / 100)
+
+    s = Series(capacity=5)
+    assert len(s) == 0 and s.values.shape == (0, 4) and s.nearest(1.0) is None
+    s.extend([sample(0)])
+    for t in range(1, 13):
+        s.extend([sample(t)] if t % 3 else [])
+    s.extend(sample(t) for t in range(13, 20))
+    kept = [t for t in range(20) if t == 0 or t % 3 or t >= 13][-5:]
+    assert len(s) == 5 and s.total == 16
+    assert s.ts.tolist() == [float(t) for t in kept]
+    assert s.values[:, 0].tolist() == [float(t) for t in kept] and s.values[:, 1].tolist() == [10.0 * t for t in kept]
+    assert np.allclose(s.progress, [t / 100 for t in kept])
+    assert s.peak(2.5).tolist() == [19.0, 190.0, 0.0, -1.0]  # samples 17..19 (t >= 16.5)
+    assert s.nearest(16.2)[0] == 16.0 and s.nearest(16.2)[1].tolist() == [16.0, 160.0, 0.0, -1.0]
+    with pytest.raises(ValueError, match="read-only"):
+        s.values[0, 0] = 1.0
+
