@@ -515,3 +515,32 @@ def test_a_series_keeps_its_newest_samples_in_order_across_its_buffer_wrapping()
     with pytest.raises(ValueError, match="read-only"):
         s.values[0, 0] = 1.0
 
+
+def test_the_shadow_aligned_for_the_last_rows_equals_the_whole_historys_last_rows():
+    """The model's window asks for the alignment of its own rows only; each row reads the
+    live progress of the few steps before it, so computing the last k rows alone must give
+    exactly the whole history's last k rows (progress with gaps and a stall included)."""
+    from prae.config import ShadowSpec, WorkloadSpec
+    from prae.engine.tracker import WorkloadTracker
+
+    rng = np.random.default_rng(3)
+    spec = WorkloadSpec(name="w", kind="etl", shadow=ShadowSpec(mode="sample", fraction=0.05))
+    progress = np.cumsum(rng.uniform(0.0, 0.004, 200))
+    progress[rng.random(200) < 0.15] = np.nan  # steps that did not report progress
+    progress[100:110] = progress[99]  # a stall
+    shadow = rng.gamma(2.0, 1.0, (400, 4))
+
+    def fresh() -> WorkloadTracker:
+        tr = WorkloadTracker(spec, interval_s=1.0)
+        for i in range(400):
+            tr.shadow.extend([TelemetrySample(0.01 * i, *shadow[i], progress=i / 400)])
+        for t, p in enumerate(progress):
+            tr.live.extend([TelemetrySample(1.0 + t, 1.0, 1.0, 1.0, 1.0, progress=p)])
+        return tr
+
+    whole = {lead: fresh().aligned_shadow(lead) for lead in (0, 3)}
+    for lead in (0, 3):
+        assert np.isfinite(whole[lead]).any()
+        for rows in (1, 5, 48, 200, 500):
+            part = fresh().aligned_shadow(lead, rows=rows)
+            np.testing.assert_array_equal(part, whole[lead][-rows:])

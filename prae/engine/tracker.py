@@ -33,7 +33,7 @@ from prae.model.combination import (
 )
 from prae.model.tails import ANCHOR_PEAK_S, TailChoice, tail_anchor
 from prae.resources import QUANTILE_COLUMNS, QUANTILES, RESOURCES
-from prae.telemetry.alignment import align_shadow_by_progress
+from prae.telemetry.alignment import RATE_WINDOW, align_shadow_by_progress
 from prae.telemetry.sample import TelemetrySample
 
 # Keep enough history for a model window plus alignment look-ups, and no more.
@@ -236,7 +236,7 @@ class WorkloadTracker:
         """
         t = window_steps
         live = self.live.array()[-t:]
-        shadow = self.aligned_shadow(lead_steps)[-t:]
+        shadow = self.aligned_shadow(lead_steps, rows=t)
         pad = t - live.shape[0]
         if pad > 0:
             filler = np.full((pad, len(RESOURCES)), np.nan)
@@ -245,21 +245,30 @@ class WorkloadTracker:
         used = bool(np.isfinite(shadow[-1]).any())
         return live, shadow, used
 
-    def aligned_shadow(self, lead_steps: int) -> np.ndarray:
-        """(T, R) for the live history: what the shadow did at the progress the live run
-        should reach ``lead_steps`` after each step; all NaN without a shadow. Kept until
-        a new sample arrives: a tick asks for the model window's lead and, for the point
-        forecast, for the same lead again and for lead 0."""
+    def aligned_shadow(self, lead_steps: int, rows: int | None = None) -> np.ndarray:
+        """(T, R) for the live history, or its last ``rows`` rows: what the shadow did at the
+        progress the live run should reach ``lead_steps`` after each step; all NaN without a
+        shadow. Kept until a new sample arrives: a tick asks for the model window's lead
+        (its rows) and, for the point forecast, for the same lead's last row and for lead 0.
+
+        Why ``rows``: a row reads the live progress of the ``RATE_WINDOW`` steps before it
+        only, so the model's window needs the alignment of its own rows, not of the whole
+        history (up to 4096 rows, each tick, per workload)."""
         key = (self.live.total, self.shadow.total, lead_steps)
-        if key not in self._aligned:
+        hit = self._aligned.get(key)
+        if hit is None or (hit.shape[0] < len(self.live) and (rows is None or rows > hit.shape[0])):
             if len(self._aligned) >= 4 or any(k[:2] != key[:2] for k in self._aligned):
                 self._aligned.clear()
+            n = len(self.live) if rows is None else min(int(rows), len(self.live))
             if not len(self.shadow) or self.spec.shadow.mode == "none":
-                out = np.full((len(self.live), len(RESOURCES)), np.nan)
+                hit = np.full((n, len(RESOURCES)), np.nan)
             else:
-                out = align_shadow_by_progress(self.live.progress, self.shadow.progress, self.shadow.values, lead_steps)
-            self._aligned[key] = out
-        return self._aligned[key]
+                start = max(0, len(self.live) - n - RATE_WINDOW)  # the rows' rate windows too
+                hit = align_shadow_by_progress(
+                    self.live.progress[start:], self.shadow.progress, self.shadow.values, lead_steps
+                )[-n:] if n else np.zeros((0, len(RESOURCES)))
+            self._aligned[key] = hit
+        return hit if rows is None else hit[hit.shape[0] - min(int(rows), hit.shape[0]) :]
 
     # ------------------------------------------------------------------ forecasts
 
@@ -279,7 +288,7 @@ class WorkloadTracker:
         now, ahead, ratio = nan, nan, nan
         if len(self.live):
             now_all = self.aligned_shadow(0)
-            now, ahead = now_all[-1], self.aligned_shadow(lead_steps)[-1]
+            now, ahead = now_all[-1], self.aligned_shadow(lead_steps, rows=1)[-1]
             ratio = level_ratio(self.live.array(), now_all)
         cand = point_candidates(np.asarray(raw_median, dtype=float), last, now, ahead, ratio)
         return cand, tail_anchor(last, self.live.peak(ANCHOR_PEAK_S))
