@@ -32,7 +32,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from prae.config import parse_config  # noqa: E402
-from prae.engine.broker import ReservationBroker  # noqa: E402
+from prae.engine.broker import BrokerAllocator, ReservationBroker  # noqa: E402
 from prae.engine.loop import EngineLoop, ForecastBatch, Polled  # noqa: E402
 from prae.engine.tracker import RoleStatus  # noqa: E402
 from prae.model.predictor import Predictor  # noqa: E402
@@ -111,24 +111,6 @@ class GrantAll:
 
     def list_existing(self, prefix: str) -> list[tuple[str, Any]]:
         return []
-
-
-class BrokerAllocator:
-    def __init__(self, broker: ReservationBroker) -> None:
-        self.broker = broker
-
-    def apply(self, requests: Any, now: float) -> dict[str, tuple[float, float]]:
-        self.broker.apply(requests, now)
-        return {w: self.broker.ready_amount(w) for w in self.broker.active}
-
-    def release(self, workload: str, now: float) -> None:
-        self.broker.release(workload, now)
-
-    def release_all(self, now: float) -> None:
-        self.broker.release_all(now)
-
-    def records(self) -> list[dict[str, Any]]:
-        return self.broker.records()
 
 
 def measure(n: int, ticks: int, warm: int, seed: int) -> dict[str, float]:

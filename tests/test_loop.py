@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from prae.config import parse_config
-from prae.engine.broker import ReservationBroker
+from prae.engine.broker import BrokerAllocator, ReservationBroker
 from prae.engine.loop import EngineLoop, ForecastBatch, Polled
 from prae.engine.tracker import RoleStatus
 from prae.resources import QUANTILES, RESOURCES
@@ -94,24 +94,6 @@ class OracleForecaster:
         self.swapped.append(checkpoint)
         self.version = f"v{len(self.swapped)}"
         return self.version
-
-
-class BrokerAllocator:
-    def __init__(self, broker: ReservationBroker) -> None:
-        self.broker = broker
-
-    def apply(self, requests, now):
-        self.broker.apply(requests, now)
-        return {w: self.broker.ready_amount(w) for w in self.broker.active}
-
-    def release(self, workload, now):
-        self.broker.release(workload, now)
-
-    def release_all(self, now):
-        self.broker.release_all(now)
-
-    def records(self):
-        return self.broker.records()
 
 
 class CountingRetrainer:

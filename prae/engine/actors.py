@@ -13,7 +13,6 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +21,8 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from prae.config import AllocatorSpec, WorkloadSpec
-from prae.engine.broker import ReservationBroker
+from prae.engine.broker import BrokerAllocator, ReservationBroker
 from prae.engine.ray_backends import RayCapacityFloor, RayPlacementBackend
-from prae.policy.requests import ResourceRequest
 from prae.telemetry.sample import TelemetrySample
 from prae.workloads.curve import SAMPLE_INTERVAL_ENV
 from prae.workloads.history import plays_history
@@ -217,26 +215,15 @@ class WorkloadSupervisor:
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)
-class AllocatorActor:
+class AllocatorActor(BrokerAllocator):
     """Named and restartable: a restarted allocator removes the groups its predecessor left."""
 
     def __init__(self, spec: AllocatorSpec, prefix: str, own_floor: bool = True) -> None:
-        self.broker = ReservationBroker(
-            RayPlacementBackend(), RayCapacityFloor() if own_floor else None, prefix, spec.max_pending_pgs
+        super().__init__(
+            ReservationBroker(
+                RayPlacementBackend(), RayCapacityFloor() if own_floor else None, prefix, spec.max_pending_pgs
+            )
         )
-
-    def apply(self, requests: Sequence[ResourceRequest], now: float) -> dict[str, tuple[float, float]]:
-        self.broker.apply(requests, now)
-        return {w: self.broker.ready_amount(w) for w in self.broker.active}
-
-    def release(self, workload: str, now: float) -> None:
-        self.broker.release(workload, now)
-
-    def release_all(self, now: float) -> None:
-        self.broker.release_all(now)
-
-    def records(self) -> list[dict[str, Any]]:
-        return self.broker.records()
 
     def ready_group_names(self, workload: str) -> list[str]:
         return self.broker.ready_group_names(workload)

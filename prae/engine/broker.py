@@ -473,3 +473,25 @@ class ReservationBroker:
         for workload in {*self.slices, *self.queue, *self.observed}:
             self.release(workload, now)
         self._set_floor([])
+
+
+class BrokerAllocator:
+    """The loop's ``Allocator`` port over a broker in this process: what ``apply`` returns
+    is what each workload holds in ready groups. The allocator actor is this class on Ray;
+    tests and benchmarks use it directly."""
+
+    def __init__(self, broker: ReservationBroker) -> None:
+        self.broker = broker
+
+    def apply(self, requests: Sequence[ResourceRequest], now: float) -> dict[str, tuple[float, float]]:
+        self.broker.apply(requests, now)
+        return {w: self.broker.ready_amount(w) for w in self.broker.active}
+
+    def release(self, workload: str, now: float) -> None:
+        self.broker.release(workload, now)
+
+    def release_all(self, now: float) -> None:
+        self.broker.release_all(now)
+
+    def records(self) -> list[dict[str, Any]]:
+        return self.broker.records()
