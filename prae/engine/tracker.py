@@ -44,13 +44,15 @@ class Series:
     """One role's telemetry (live or shadow): its newest ``capacity`` samples, as arrays.
 
     ``ts`` (T,), ``values`` (T, R) and ``progress`` (T,) are read-only views, oldest first,
-    valid until the next ``extend`` (copy what must outlive it). Why arrays and not deques of samples: a
-    tick reads the whole history (the model's window, the shadow's level ratio, the hour's
-    peak, each resolved target), and restacking 4096 small arrays cost each workload about
-    a millisecond per tick; 1000 workloads' histories took 2 GB as objects (0.4 GB here).
-    The rows sit in a buffer of twice the capacity: a sample is written after the last
-    one, and when the buffer is full the newest rows move to its front (amortised O(1) per
-    sample), so the history is always one contiguous slice.
+    valid until the next ``extend`` (copy what must outlive it).
+
+    Why arrays and not deques of samples: a tick reads the whole history (the model's
+    window, the shadow's level ratio, the hour's peak, each resolved target), and
+    restacking 4096 small arrays cost each workload about a millisecond per tick; 1000
+    workloads' histories took 2 GB as objects (0.4 GB here). The rows sit in a buffer of
+    twice the capacity: a sample is written after the last one, and when the buffer is
+    full the newest rows move to its front (amortised O(1) per sample), so the history is
+    always one contiguous slice.
     """
 
     def __init__(self, capacity: int = MAX_HISTORY) -> None:
