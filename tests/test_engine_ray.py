@@ -173,7 +173,9 @@ def test_a_history_shadow_plays_the_previous_run(local_ray, tmp_path):
                 {
                     "name": "tr",
                     "kind": "train",
-                    "params": {"samples": 40_000, "epochs": 3, "hidden": 128},
+                    # ~5 s of training after torch's import: forecasts 1.5 s ahead must
+                    # resolve before it ends (3 epochs took 0.5 s on a fast CI machine)
+                    "params": {"samples": 40_000, "epochs": 30, "hidden": 128},
                     "resources": {"cpu": 1},
                     "shadow": {"mode": "simulate", "source": "history", "fraction": 0.1, "resources": {"cpu": 0.25}},
                 }
