@@ -99,10 +99,6 @@ class Series:
         """(T,) as reported (NaN where not), oldest first."""
         return self._view(-1)
 
-    def array(self) -> np.ndarray:
-        """(T, R) the values, oldest first (``values``)."""
-        return self.values
-
     def peak(self, seconds: float) -> np.ndarray:
         """(R,) the max of each resource over the samples of the last ``seconds`` (up to the
         newest sample, inclusive); NaN where none is known."""
@@ -171,9 +167,7 @@ class PendingForecast:
     source: str
     model_version: str
     shadow_used: bool
-    # what the calibration and the choices learn from at the target (None: the choices
-    # nothing, the calibration from its own quantiles as they are then)
-    issued: IssuedForecast | None = None
+    issued: IssuedForecast  # what the calibration and the choices learn from at the target
 
 
 @dataclass
@@ -237,7 +231,7 @@ class WorkloadTracker:
         the progress the live run should reach ``lead_steps`` later.
         """
         t = window_steps
-        live = self.live.array()[-t:]
+        live = self.live.values[-t:]
         shadow = self.aligned_shadow(lead_steps, rows=t)
         pad = t - live.shape[0]
         if pad > 0:
@@ -291,7 +285,7 @@ class WorkloadTracker:
         if len(self.live):
             now_all = self.aligned_shadow(0)
             now, ahead = now_all[-1], self.aligned_shadow(lead_steps, rows=1)[-1]
-            ratio = level_ratio(self.live.array(), now_all)
+            ratio = level_ratio(self.live.values, now_all)
         cand = point_candidates(np.asarray(raw_median, dtype=float), last, now, ahead, ratio)
         return cand, tail_anchor(last, self.live.peak(ANCHOR_PEAK_S))
 
@@ -389,15 +383,10 @@ def learn_outcomes(state: LearningState, outcomes: Sequence[tuple[int, PendingFo
         idx = np.array([slot for slot, _, _ in items], dtype=np.int64)
         raw = np.stack([np.asarray(fc.raw, dtype=np.float64) for _, fc, _ in items])
         y = np.stack([y for _, _, y in items])
-        known = np.array([fc.issued is not None for _, fc, _ in items])
-        if (~known).any():  # issued without the choices: the calibration's own quantiles now
-            state.calibration.update(idx[~known], raw[~known], y[~known])
-        if not known.any():
-            continue
-        issued = [fc.issued for _, fc, _ in items if fc.issued is not None]
-        state.calibration.update(idx[known], raw[known], y[known], issued=np.stack([i.calibrated for i in issued]))
-        state.median.update(idx[known], np.stack([i.candidates for i in issued]), y[known])
-        state.tails.learn(idx[known], np.stack([i.tails for i in issued]), np.stack([i.anchor for i in issued]), y[known])
+        issued = [fc.issued for _, fc, _ in items]
+        state.calibration.update(idx, raw, y, issued=np.stack([i.calibrated for i in issued]))
+        state.median.update(idx, np.stack([i.candidates for i in issued]), y)
+        state.tails.learn(idx, np.stack([i.tails for i in issued]), np.stack([i.anchor for i in issued]), y)
 
 
 def telemetry_rows(role: str, samples: Iterable[TelemetrySample]) -> list[dict[str, Any]]:
