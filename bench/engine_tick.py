@@ -127,11 +127,12 @@ def measure(n: int, ticks: int, warm: int, seed: int) -> dict[str, float]:
     clock = Clock()
     model = TimedModel()
     store = FeedbackStore(cfg.run.store_dir)
+    broker = ReservationBroker(GrantAll(), None, "bench-")
     loop = EngineLoop(
         cfg,
         WalkTelemetry(names, clock, seed),
         model,
-        BrokerAllocator(ReservationBroker(GrantAll(), None, "bench-")),
+        BrokerAllocator(broker),
         store,
         None,
         clock=clock,
@@ -146,9 +147,11 @@ def measure(n: int, ticks: int, warm: int, seed: int) -> dict[str, float]:
         return rows
 
     store._write_buffers = timed_write  # type: ignore[method-assign]
+    holding = []  # workloads holding a ready reservation after each warm-up tick
     for _ in range(warm):
         loop.tick()
         clock.now += 1.0
+        holding.append(sum(1 for w in names if any(broker.ready_amount(w))))
     model.seconds.clear()
     flush_s.clear()
     times = []
@@ -170,6 +173,13 @@ def measure(n: int, ticks: int, warm: int, seed: int) -> dict[str, float]:
         "rest_per_workload_us": 1e6 * (tick - infer) / n,
         "flush_ms": 1e3 * flush,
         "flush_every_ticks": loop.flush_every,
+        # the cold start: how many hold a reservation after the first warm-up tick that
+        # reserved anything, and how many ticks until as many as at the end of the warm-up
+        "holding_first": next((h for h in holding if h), 0),
+        "ticks_to_hold_all": 1 + holding.index(holding[-1]) - next((i for i, h in enumerate(holding) if h), 0)
+        if holding
+        else 0,
+        "holding": holding[-1] if holding else 0,
     }
 
 
@@ -188,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{n:5d} workloads: tick {r['tick_ms']:7.1f} ms, slowest {r['slowest_tick_ms']:7.1f} ms "
             f"(model inference {r['inference_ms']:6.1f} ms, x{r['tick_over_inference']:.1f}; the rest "
             f"{r['rest_per_workload_us']:.0f} us per workload); store flush {r['flush_ms']:.0f} ms "
-            f"every {r['flush_every_ticks']} ticks",
+            f"every {r['flush_every_ticks']} ticks; cold start: {r['holding_first']} reserved in the "
+            f"first tick, {r['holding']} after {r['ticks_to_hold_all']} ticks",
             flush=True,
         )
     print(json.dumps(results))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from prae.engine.broker import ReservationBroker, bundle_for, bundles_for
+from prae.engine.broker import SETTLE_S, ReservationBroker, bundle_for, bundles_for
 from prae.policy.requests import Interval, ResourceRequest
-from tests.fakes import FakeFloor, FakePG, FakePlacementBackend
+from tests.fakes import FakeClock, FakeFloor, FakePG, FakePlacementBackend
 
 GIB = 1024**3
 
@@ -70,6 +70,74 @@ def test_only_queue_head_waits_in_ray_and_priority_is_ours():
     backend.capacity = 8
     broker.apply(ordered(req("low", 1, conf=0.2), req("high", 1, conf=0.9)), now=2.0)
     assert {g.name.split("-")[1] for g in backend.groups} == {"high", "low"}
+
+
+@dataclass
+class SlowBackend(FakePlacementBackend):
+    """As on Ray: a group that fits comes up only a few polls after it was created."""
+
+    polls_to_ready: int = 2
+    polls: dict[str, int] = field(default_factory=dict)
+
+    def is_ready(self, g: FakePG) -> bool:
+        self.polls[g.name] = self.polls.get(g.name, 0) + 1
+        return self.polls[g.name] > self.polls_to_ready and super().is_ready(g)
+
+
+def timed_broker(backend, max_pending=2, budget=1.0):
+    """A broker whose waits move a fake clock: (broker, clock, sleeps)."""
+    clock = FakeClock(0.0)
+    sleeps: list[float] = []
+
+    def sleep(dt: float) -> None:
+        sleeps.append(dt)
+        clock.advance(dt)
+
+    broker = ReservationBroker(
+        backend, None, "p-", max_pending=max_pending, launch_budget_s=budget, clock=clock, sleep=sleep
+    )
+    return broker, clock, sleeps
+
+
+def test_a_cold_start_reserves_everything_that_fits_in_one_step():
+    """Twelve workloads, room for all: one step, not max_pending per step (~500 steps for a
+    cold start of 1000 workloads before)."""
+    backend = SlowBackend(capacity=12)
+    broker, _, _ = timed_broker(backend, max_pending=2)
+    reqs = ordered(*[req(f"w{i:02d}", 1, conf=0.5 + i / 100) for i in range(12)])
+    broker.apply(reqs, now=1.0)
+    states = [{r["workload"]: r["state"] for r in broker.records()}.get(q.workload) for q in reqs]
+    # all launched, in priority order; the last round is still coming up in Ray
+    assert not broker.queue
+    assert [g.name.split("-")[1] for g in backend.groups] == [r.workload for r in reqs]
+    assert states == ["ready"] * 10 + ["pending"] * 2
+    broker.apply(reqs, now=2.0)
+    assert all(r["state"] == "ready" for r in broker.records())
+
+
+def test_where_room_runs_out_only_the_queue_head_waits_in_ray():
+    backend = SlowBackend(capacity=3)
+    broker, clock, sleeps = timed_broker(backend, max_pending=2)
+    reqs = ordered(*[req(f"w{i}", 1, conf=0.5 + i / 100) for i in range(6)])
+    broker.apply(reqs, now=1.0)
+    states = {r["workload"]: r["state"] for r in broker.records()}
+    ranked = [r.workload for r in reqs]
+    assert [states.get(w) for w in ranked] == ["ready"] * 3 + ["pending"] * 2 + [None]
+    assert list(broker.queue) == ranked[5:]
+    # the step gave up on the two that do not fit after SETTLE_S, not the whole budget
+    assert sum(sleeps) <= SETTLE_S + 0.01
+    # next step: they wait in Ray since an earlier step, so it launches nothing and waits for nothing
+    sleeps.clear()
+    broker.apply(reqs, now=2.0)
+    assert sleeps == [] and len(backend.groups) == 5
+
+
+def test_the_launch_budget_bounds_a_step():
+    backend = SlowBackend(capacity=100, polls_to_ready=3)
+    broker, clock, sleeps = timed_broker(backend, max_pending=1, budget=0.02)
+    broker.apply(ordered(*[req(f"w{i:02d}", 1) for i in range(50)]), now=1.0)
+    assert 1 < len(backend.groups) < 50  # more than one group, and stopped by the budget
+    assert clock() <= 0.02 + 0.01
 
 
 def test_ready_before_need_is_recorded():

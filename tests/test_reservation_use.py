@@ -221,3 +221,21 @@ def test_a_finished_task_is_not_resubmitted_when_its_group_goes():
     time.sleep(0.5)
     assert placer.recover(grace_s=0.0) == []
     assert placer.recovered == 0
+
+
+def test_a_cold_start_places_every_group_that_fits_in_one_step():
+    """Forty 0.1-core workloads on this 8-CPU cluster: one step launches them all, and
+    they are CREATED by the next (max_pending groups per step before: 20 steps)."""
+    broker = ReservationBroker(RayPlacementBackend(), None, PREFIX, max_pending=2)
+    reqs = [req(f"cold{i:02d}", 0.1, unit=0.1) for i in range(40)]
+    broker.apply(reqs, now=1.0)
+    assert not broker.queue
+    assert len(live_names(PREFIX)) == 40
+    time.sleep(0.2)
+    broker.apply(reqs, now=2.0)
+    assert sum(broker.ready_amount(r.workload)[0] for r in reqs) == pytest.approx(4.0)
+    # and where it does not fit: the queue's head only waits in Ray, the rest in our queue
+    big = [req(f"big{i}", 6.0) for i in range(3)]
+    broker.apply(reqs + big, now=3.0)
+    assert len(broker.queue) == 1 and broker.pending_count() == 2
+    broker.release_all(now=4.0)
