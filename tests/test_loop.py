@@ -526,3 +526,51 @@ def test_the_shadow_aligned_for_the_last_rows_equals_the_whole_historys_last_row
         for rows in (1, 5, 48, 200, 500):
             part = fresh().aligned_shadow(lead, rows=rows)
             np.testing.assert_array_equal(part, whole[lead][-rows:])
+
+
+def test_the_shadow_aligned_now_kept_row_by_row_equals_aligning_the_whole_history():
+    """``aligned_now`` aligns again only the rows that may still change (the shadow has not
+    reached them yet): after every batch of samples, in any order of live and shadow, it
+    must equal aligning the whole history; also once the live history wraps its buffer
+    (rows with their whole rate window retained)."""
+    from prae.config import ShadowSpec, WorkloadSpec
+    from prae.engine.tracker import Series, WorkloadTracker
+    from prae.telemetry.alignment import RATE_WINDOW
+
+    rng = np.random.default_rng(5)
+    spec = WorkloadSpec(name="w", kind="etl", shadow=ShadowSpec(mode="sample", fraction=0.05))
+    n_live, n_shadow = 300, 600
+    progress = np.cumsum(rng.uniform(0.0, 0.0033, n_live))
+    progress[rng.random(n_live) < 0.15] = np.nan
+    progress[120:130] = progress[119]  # a stall
+    shadow = rng.gamma(2.0, 1.0, (n_shadow, 4))
+    shadow_p = np.minimum(1.0, np.arange(n_shadow) / 500)
+    for capacity in (4096, 64):
+        tr = WorkloadTracker(spec, interval_s=1.0)
+        tr.live = Series(capacity)
+        i = j = 0
+        compared = finite = 0
+        while i < n_live:
+            # the shadow sometimes lags the live run, so recent rows wait for it
+            if j < n_shadow and rng.random() < 0.5:
+                k = int(rng.integers(1, 12))
+                tr.shadow.extend(
+                    [TelemetrySample(0.01 * m, *shadow[m], progress=shadow_p[m]) for m in range(j, min(n_shadow, j + k))]
+                )
+                j += k
+            else:
+                k = int(rng.integers(1, 6))
+                tr.live.extend(
+                    [TelemetrySample(1.0 + t, 1.0, 1.0, 1.0, 1.0, progress=progress[t]) for t in range(i, min(n_live, i + k))]
+                )
+                i += k
+            if not len(tr.live):
+                continue
+            kept = tr.aligned_now()
+            whole = tr.aligned_shadow(0)
+            skip = RATE_WINDOW if tr.live.total > len(tr.live) else 0  # rows that lost their window
+            np.testing.assert_array_equal(kept[skip:], whole[skip:])
+            compared += 1
+            finite += int(np.isfinite(kept).any(axis=1).sum())
+        assert compared > 50 and finite > 0
+        assert tr._now_redo > tr.live.total - len(tr.live)  # rows became final: not all redone
