@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from prae.engine.broker import SETTLE_S, ReservationBroker, bundle_for, bundles_for
+from prae.engine.broker import MAX_SLICES, SETTLE_S, ReservationBroker, bundle_for, bundles_for
 from prae.policy.requests import Interval, ResourceRequest
 from tests.fakes import FakeClock, FakeFloor, FakePG, FakePlacementBackend
 
@@ -374,3 +374,45 @@ def test_workloads_with_a_task_unit_are_never_replaced():
     broker.apply([replace(req("a", 2), bundle_cpu=2.0)], now=1.0)
     broker.apply([replace(req("a", 0.5), bundle_cpu=2.0)], now=2.0)
     assert len(backend.groups) == 1 and not backend.groups[0].removed
+
+
+def ramp(broker, name, steps, unit=0.0, start=1.0):
+    """Grow ``name`` by 0.5 core a step (past the hysteresis of any planner); returns the
+    ready cores after each step."""
+    held = []
+    for i in range(steps):
+        broker.apply([replace(req(name, start + 0.5 * i), bundle_cpu=unit)], now=float(i))
+        held.append(broker.ready_amount(name)[0])
+    return held
+
+
+def test_a_workload_that_keeps_growing_holds_few_slices_make_before_break():
+    """Each grow used to add a slice: a workload ramping for an hour held dozens of groups.
+    From MAX_SLICES on, a grow is one slice for the whole target replacing the unused ready
+    ones, removed only once it is ready: what the workload holds never drops."""
+    backend = InUseBackend(capacity=1000)
+    broker = ReservationBroker(backend, None, "p-")
+    held = ramp(broker, "a", 3 * MAX_SLICES)
+    assert all(b >= a for a, b in zip(held, held[1:], strict=False))  # never less than before
+    assert held[-1] == 1.0 + 0.5 * (3 * MAX_SLICES - 1)
+    assert len(broker.slices["a"]) <= MAX_SLICES
+    assert len(backend.live()) == len(broker.slices["a"])  # the replaced groups are gone from Ray
+    kinds = [k for _, k in broker.resizes["a"]]
+    assert set(kinds) == {"grow"}  # a consolidation grows what it holds: not a shrink
+
+
+def test_consolidation_keeps_busy_slices_and_spares_task_unit_workloads():
+    backend = InUseBackend(capacity=1000)
+    broker = ReservationBroker(backend, None, "p-")
+    ramp(broker, "a", MAX_SLICES)
+    busy = broker.ready_group_names("a")[1]
+    backend.busy.add(busy)  # something runs in it: it must survive the consolidation
+    broker.apply([req("a", 1.0 + 0.5 * MAX_SLICES)], now=100.0)
+    broker.apply([req("a", 1.0 + 0.5 * MAX_SLICES)], now=101.0)
+    names = broker.ready_group_names("a")
+    assert busy in names and len(names) == 2
+    assert broker.ready_amount("a")[0] == 1.0 + 0.5 * MAX_SLICES
+    # a workload with a task unit is never replaced: one slice per grow, as before
+    other = ReservationBroker(FakePlacementBackend(capacity=1000), None, "q-")
+    ramp(other, "t", 2 * MAX_SLICES, unit=0.5)
+    assert len(other.slices["t"]) == 2 * MAX_SLICES

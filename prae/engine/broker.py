@@ -61,6 +61,12 @@ REPLACE_ABOVE = 0.25
 # pending after this long is waiting for capacity, where the queue's order matters again.
 SETTLE_S = 0.02
 POLL_S = 0.002
+# On a grow, a workload holding this many slices or more gets one slice for its whole
+# target instead, replacing its unused ready ones (make-before-break, as a replacement).
+# Why: a grow adds a slice and shrinks are rate-limited, so a workload that keeps ramping
+# collected placement groups: 12-134 per workload after 600 ticks of the random walks of
+# bench/engine_tick.py, each a group Ray tracks and every tick polls.
+MAX_SLICES = 8
 
 
 class PlacementBackend(Protocol):
@@ -304,6 +310,8 @@ class ReservationBroker:
         live = self.slices.get(req.workload, [])
         cpu, mem = _total(_kept(live))  # a replacement in flight: what stays once it is done
         if req.cpu > cpu + EPS or req.mem > mem + EPS:  # grow: one slice for the difference
+            if self._consolidate(req, now, live):
+                return
             d_cpu, d_mem = max(0.0, req.cpu - cpu), max(0.0, req.mem - mem)
             queued = self.queue.get(req.workload)
             if queued is not None and abs(queued.cpu - d_cpu) < EPS and abs(queued.mem - d_mem) < EPS:
@@ -313,6 +321,23 @@ class ReservationBroker:
         queued = self.queue.pop(req.workload, None)
         if req.cpu < cpu - EPS or req.mem < mem - EPS:
             self._shrink(req, now, queued)
+
+    def _consolidate(self, req: ResourceRequest, now: float, live: list[Reservation]) -> bool:
+        """Grow a workload of ``MAX_SLICES`` slices or more by one slice for its whole target
+        (less what it keeps: slices in use or not ready), replacing its unused ready
+        slices; True if queued. Not for a workload with a task unit (see ``_shrink``)."""
+        if req.bundle_cpu > 0 or len(live) < MAX_SLICES or any(r.replaces for r in live):
+            return False
+        old = [r for r in live if r.state == "ready" and not self._busy(r)]
+        if len(old) < 2:
+            return False
+        k_cpu, k_mem = _total([r for r in live if r not in old])
+        d_cpu, d_mem = max(0.0, req.cpu - k_cpu), max(0.0, req.mem - k_mem)
+        names = [r.name for r in old]
+        q = self.queue.get(req.workload)
+        if q is None or q.replaces != names or abs(q.cpu - d_cpu) > EPS or abs(q.mem - d_mem) > EPS:
+            self.queue[req.workload] = self._slice(req, d_cpu, d_mem, now, replaces=names)
+        return True
 
     def _shrink(self, req: ResourceRequest, now: float, queued: Reservation | None = None) -> None:
         """Remove slices, newest first (pending ones before any ready one), while what is
@@ -475,16 +500,17 @@ class ReservationBroker:
                 self._finish_replacement(res.workload, res, now)
 
     def _finish_replacement(self, workload: str, new: Reservation, now: float) -> None:
-        """The smaller slice is ready: remove the slices it replaces, except any that
+        """The replacing slice is ready: remove the slices it replaces, except any that
         something started to use meanwhile (a later shrink may take those)."""
         live = self.slices[workload]
-        for res in [r for r in live if r.name in new.replaces]:
-            if self._busy(res):
-                continue
+        gone = [r for r in live if r.name in new.replaces and not self._busy(r)]
+        for res in gone:
             self._remove(res, now)
             live.remove(res)
         new.replaces = []
-        self.resizes.setdefault(workload, []).append((now, "shrink"))
+        # a consolidation (``_consolidate``) grows what the workload holds; a replacement shrinks it
+        grew = new.cpu > _total(gone)[0] + EPS or new.mem > _total(gone)[1] + EPS
+        self.resizes.setdefault(workload, []).append((now, "grow" if grew else "shrink"))
 
     def _set_floor(self, floor: list[dict[str, float]]) -> None:
         """Re-assert our floor every step while we have one: another component (Ray Data)
