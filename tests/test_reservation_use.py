@@ -239,3 +239,25 @@ def test_a_cold_start_places_every_group_that_fits_in_one_step():
     broker.apply(reqs + big, now=3.0)
     assert len(broker.queue) == 1 and broker.pending_count() == 2
     broker.release_all(now=4.0)
+
+
+def test_a_ramping_workload_is_consolidated_on_ray_without_holding_less():
+    """Twelve grows of 0.25 core: from MAX_SLICES groups on, one group for the whole target
+    replaces the unused ones once it is CREATED; Ray ends with few groups, none leaked."""
+    from prae.engine.broker import MAX_SLICES
+
+    broker = ReservationBroker(RayPlacementBackend(), None, PREFIX)
+    held = []
+    for i in range(12):
+        cpu = 0.25 * (i + 1)
+        deadline = time.time() + 30
+        while True:  # a plain process (no task unit): the only kind ever consolidated
+            broker.apply([req("ramp", cpu, unit=0.0)], now=float(i))
+            held.append(broker.ready_amount("ramp")[0])
+            if held[-1] >= cpu or time.time() > deadline:
+                break
+            time.sleep(0.05)
+    assert all(b >= a for a, b in zip(held, held[1:], strict=False))  # never less than before
+    assert held[-1] == pytest.approx(3.0)
+    assert len(live_names(PREFIX)) == len(broker.slices["ramp"]) <= MAX_SLICES
+    broker.release_all(now=20.0)
