@@ -532,9 +532,11 @@ def test_the_shadow_aligned_now_kept_row_by_row_equals_aligning_the_whole_histor
     """``aligned_now`` aligns again only the rows that may still change (the shadow has not
     reached them yet): after every batch of samples, in any order of live and shadow, it
     must equal aligning the whole history; also once the live history wraps its buffer
-    (rows with their whole rate window retained)."""
+    (rows with their whole rate window retained). Its kept level ratio equals the whole
+    history's."""
     from prae.config import ShadowSpec, WorkloadSpec
     from prae.engine.tracker import Series, WorkloadTracker
+    from prae.model.combination import level_ratio
     from prae.telemetry.alignment import RATE_WINDOW
 
     rng = np.random.default_rng(5)
@@ -543,6 +545,8 @@ def test_the_shadow_aligned_now_kept_row_by_row_equals_aligning_the_whole_histor
     progress = np.cumsum(rng.uniform(0.0, 0.0033, n_live))
     progress[rng.random(n_live) < 0.15] = np.nan
     progress[120:130] = progress[119]  # a stall
+    for t in range(150, 290, 7):  # dips (a re-reported earlier progress): rows after an open row may be final
+        progress[t] = progress[t - 6]
     shadow = rng.gamma(2.0, 1.0, (n_shadow, 4))
     shadow_p = np.minimum(1.0, np.arange(n_shadow) / 500)
     for capacity in (4096, 64):
@@ -568,9 +572,29 @@ def test_the_shadow_aligned_now_kept_row_by_row_equals_aligning_the_whole_histor
                 continue
             kept = tr.aligned_now()
             whole = tr.aligned_shadow(0)
-            skip = RATE_WINDOW if tr.live.total > len(tr.live) else 0  # rows that lost their window
+            wrapped = tr.live.total > len(tr.live)
+            skip = RATE_WINDOW if wrapped else 0  # rows that lost their window
             np.testing.assert_array_equal(kept[skip:], whole[skip:])
+            if not wrapped:  # the ratio is over the run so far: the buffer's rows until it wraps
+                np.testing.assert_allclose(tr.level_ratio_now(), level_ratio(tr.live.values, whole), rtol=1e-12)
             compared += 1
             finite += int(np.isfinite(kept).any(axis=1).sum())
         assert compared > 50 and finite > 0
         assert tr._now_redo > tr.live.total - len(tr.live)  # rows became final: not all redone
+
+
+def test_the_kept_level_ratio_counts_final_rows_after_an_open_one():
+    """A live run that re-reports an earlier progress: the row after one the shadow has
+    not reached yet is already final, and the ratio must count it now, not only later."""
+    from prae.config import ShadowSpec, WorkloadSpec
+    from prae.engine.tracker import WorkloadTracker
+    from prae.model.combination import level_ratio
+
+    spec = WorkloadSpec(name="w", kind="etl", shadow=ShadowSpec(mode="sample", fraction=0.05))
+    tr = WorkloadTracker(spec, interval_s=1.0)
+    tr.shadow.extend([TelemetrySample(0.1 * i, 1.0 + i, 2.0, 3.0, 4.0, progress=i / 100) for i in range(51)])
+    for t, p in enumerate([0.1, 0.2, 0.3, 0.9, 0.25]):
+        tr.live.extend([TelemetrySample(10.0 + t, 5.0 * (t + 1), 1.0, 1.0, 1.0, progress=p)])
+    rows = tr.aligned_now()
+    assert np.isnan(rows[3]).all() and np.isfinite(rows[4]).all()  # open, then final
+    np.testing.assert_allclose(tr.level_ratio_now(), level_ratio(tr.live.values, tr.aligned_shadow(0)), rtol=1e-12)

@@ -27,8 +27,9 @@ from prae.model.combination import (
     CANDIDATES,
     ChoiceRecord,
     MedianSelector,
-    level_ratio,
+    level_sums,
     point_candidates,
+    ratio_of,
     with_median,
 )
 from prae.model.tails import ANCHOR_PEAK_S, TailChoice, tail_anchor
@@ -214,6 +215,7 @@ class WorkloadTracker:
         self._now_rows = np.zeros((0, len(RESOURCES)))
         self._now_seen = (0, 0)
         self._now_redo = 0
+        self._now_sums = np.zeros((2, len(RESOURCES)))  # level_sums of the final rows
 
     @property
     def name(self) -> str:
@@ -292,9 +294,20 @@ class WorkloadTracker:
             rows[k:] = align_shadow_by_progress(progress[start:], self.shadow.progress, self.shadow.values, 0)[k - start :]
             final = np.isfinite(rows[k:]).any(axis=1) | np.isnan(progress[k:])
             open_rows = np.flatnonzero(~final)
-            k += int(open_rows[0]) if open_rows.size else n - k
+            done = k + (int(open_rows[0]) if open_rows.size else n - k)
+            self._now_sums += level_sums(self.live.values[k:done], rows[k:done])
+            k = done
         self._now_rows, self._now_seen, self._now_redo = rows, seen, first + k
         return rows
+
+    def level_ratio_now(self) -> np.ndarray:
+        """``level_ratio`` of the live run against ``aligned_now``, over the run so far:
+        the final rows' sums are kept (also once the buffer forgets the rows), the open
+        rows' added each tick. Summing the whole history again cost ~0.15 ms per workload
+        and tick at 1500 samples."""
+        rows = self.aligned_now()
+        k = max(0, self._now_redo - (self.live.total - len(self.live)))
+        return ratio_of(self._now_sums + level_sums(self.live.values[k:], rows[k:]))
 
     # ------------------------------------------------------------------ forecasts
 
@@ -313,9 +326,8 @@ class WorkloadTracker:
         last = np.array(self.live.values[-1]) if len(self.live) else nan
         now, ahead, ratio = nan, nan, nan
         if len(self.live):
-            now_all = self.aligned_now()
-            now, ahead = now_all[-1], self.aligned_shadow(lead_steps, rows=1)[-1]
-            ratio = level_ratio(self.live.values, now_all)
+            now, ahead = self.aligned_now()[-1], self.aligned_shadow(lead_steps, rows=1)[-1]
+            ratio = self.level_ratio_now()
         cand = point_candidates(np.asarray(raw_median, dtype=float), last, now, ahead, ratio)
         return cand, tail_anchor(last, self.live.peak(ANCHOR_PEAK_S))
 

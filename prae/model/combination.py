@@ -78,6 +78,22 @@ def shadow_change(last: np.ndarray, shadow_now: np.ndarray, shadow_ahead: np.nda
     return last * np.clip(ratio, lo, hi)
 
 
+def level_sums(live: np.ndarray, shadow_now: np.ndarray) -> np.ndarray:
+    """``level_ratio``'s numerator and denominator, shape (2, R): the sums of the live
+    values and of the shadow's over the steps where both are known. Sums of consecutive
+    stretches add up, so a caller can keep them as rows arrive (``WorkloadTracker``)."""
+    live = np.asarray(live, dtype=np.float64)
+    now = np.asarray(shadow_now, dtype=np.float64)
+    both = ~np.isnan(live) & ~np.isnan(now)
+    return np.stack([np.where(both, live, 0.0).sum(axis=0), np.where(both, now, 0.0).sum(axis=0)])
+
+
+def ratio_of(sums: np.ndarray) -> np.ndarray:
+    """(R,) live units per shadow unit from ``level_sums``; NaN where the shadow's sum is 0."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(sums[1] > 0, sums[0] / sums[1], np.nan)
+
+
 def level_ratio(live: np.ndarray, shadow_now: np.ndarray) -> np.ndarray:
     """How many live units one shadow unit is, per resource: sum of the live values over
     the sum of the shadow's values at the same progress, over the steps where both are
@@ -88,13 +104,7 @@ def level_ratio(live: np.ndarray, shadow_now: np.ndarray) -> np.ndarray:
     unit of progress, but its CPU is set by what runs at once, not by the data; the ratio
     learns each from the run itself. Worked number: live [2, 4], shadow [0.1, 0.2] -> 20.
     """
-    live = np.asarray(live, dtype=np.float64)
-    now = np.asarray(shadow_now, dtype=np.float64)
-    both = ~np.isnan(live) & ~np.isnan(now)
-    s_live = np.where(both, live, 0.0).sum(axis=0)
-    s_shadow = np.where(both, now, 0.0).sum(axis=0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(s_shadow > 0, s_live / s_shadow, np.nan)
+    return ratio_of(level_sums(live, shadow_now))
 
 
 # Outcomes a workload's resource must have resolved before another candidate may replace
