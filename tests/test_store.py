@@ -164,3 +164,74 @@ def test_newest_reads_only_the_latest_readable_files(tmp_path, caplog):
     assert (tmp_path / "_quarantine" / "telemetry" / "workload=a" / newest.name).exists()
     with pytest.raises(StoreError, match="newest must be >= 1"):
         store.read("telemetry", "a", newest=0)
+
+
+def flushes(store, workload, n, start=0):
+    for i in range(start, start + n):
+        store.append("telemetry", workload, [tel(2 * i), tel(2 * i + 1)])
+        store.flush()
+
+
+def test_flush_files_are_merged_once_a_folder_has_enough(tmp_path, monkeypatch):
+    """A flush every 5 s is ~720 files per workload and table an hour: from
+    COMPACT_MIN_FILES on, a flush merges them into one; readers see every row once, in order."""
+    import prae.store.feedback as fb
+
+    monkeypatch.setattr(fb, "COMPACT_MIN_FILES", 5)
+    store = FeedbackStore(tmp_path)
+    flushes(store, "a", 12)
+    store.append("telemetry", "b", [tel(0)])
+    store.flush()
+    files = store.files("telemetry", "a")
+    assert len(files) == 12 - 2 * 5 + 2  # two merged files and the two flushed since
+    assert sum("-c-" in p.name for p in files) == 2
+    assert store.read("telemetry", "a").column("ts").to_pylist() == list(range(24))
+    assert ds.dataset(tmp_path / "telemetry", format="parquet", partitioning="hive").count_rows() == 25
+    # a store opened later counts the files already there
+    again = FeedbackStore(tmp_path)
+    flushes(again, "a", 3, start=12)
+    assert len(again.files("telemetry", "a")) == 3
+    assert again.read("telemetry", "a").column("ts").to_pylist() == list(range(30))
+
+
+def test_a_crash_between_merging_and_deleting_loses_nothing_and_duplicates_nothing(tmp_path, monkeypatch, caplog):
+    from pathlib import Path
+
+    store = FeedbackStore(tmp_path)
+    flushes(store, "a", 6)
+    real_unlink = Path.unlink
+
+    def crash(self, missing_ok=False):
+        raise OSError("killed")
+
+    monkeypatch.setattr(Path, "unlink", crash)
+    with pytest.raises(OSError):
+        store.compact("telemetry", "a")  # the merged file is in place, the sources too
+    monkeypatch.setattr(Path, "unlink", real_unlink)
+    assert len(store.files("telemetry", "a")) == 7
+    assert store.read("telemetry", "a").column("ts").to_pylist() == list(range(12))  # once each
+    flushes(store, "a", 1, start=6)
+    assert store.compact("telemetry", "a") == 0  # only one new flush file: nothing to merge...
+    # ...but the leftovers the merged file covers are gone
+    assert [p.name.count("-c-") for p in store.files("telemetry", "a")] == [1, 0]
+    assert store.read("telemetry", "a").column("ts").to_pylist() == list(range(14))
+
+
+def test_compaction_quarantines_a_corrupt_file_and_spares_choices_and_foreign_files(tmp_path, caplog):
+    store = FeedbackStore(tmp_path)
+    flushes(store, "a", 4)
+    bad = store.files("telemetry", "a")[1]
+    bad.write_bytes(b"not parquet")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from prae.store.feedback import TELEMETRY_SCHEMA
+
+    foreign = bad.parent / "import-2024.parquet"  # not a name the store writes: left alone
+    pq.write_table(pa.Table.from_pylist([tel(-1)], schema=TELEMETRY_SCHEMA), foreign)
+    assert store.compact("telemetry", "a") == 3
+    assert (tmp_path / "_quarantine" / bad.relative_to(tmp_path)).read_bytes() == b"not parquet"
+    assert store.read("telemetry", "a").column("ts").to_pylist() == [-1, 0, 1, 4, 5, 6, 7]
+    assert foreign.exists()
+    with pytest.raises(StoreError, match="not compacted"):
+        store.compact("choices", "a")

@@ -15,6 +15,16 @@ Appends never rewrite earlier files.
 ``start_flush`` writes on a background thread, so the run loop's tick does not wait for
 the disk: a flush writes one file per workload and table, 2.5 s for 1000 workloads here
 (bench/engine_tick.py), against a 1-s tick. ``flush`` waits for it and writes the rest.
+
+Compaction: at one flush every 5 s that is ~720 files per workload and table an hour, and
+a reader (retraining, a notebook) pays per file. So once a workload's folder of
+``telemetry`` or ``forecasts`` holds ``COMPACT_MIN_FILES`` flush files, a flush merges
+them into one, named after the first and last it covers (``part-<first>-c-<last>``):
+written whole and renamed into place like any file, *then* the sources are deleted. A
+crash in between leaves sources next to the merged file: :meth:`read` skips a file a
+merged one covers, and the next compaction of that folder deletes it (a reader of the
+raw files, e.g. DuckDB, could see those rows twice until then). ``choices`` files (one
+per run, read newest first) are never merged.
 """
 
 from __future__ import annotations
@@ -81,6 +91,41 @@ TABLES: dict[str, pa.Schema] = {
     "choices": CHOICE_SCHEMA,
 }
 
+COMPACTED_TABLES = ("telemetry", "forecasts")
+COMPACT_MIN_FILES = 64  # a folder's flush files merged into one (~5 min of 5-s flushes)
+COMPACT_PER_FLUSH = 32  # folders merged by one flush at most; the others by the next ones
+_MERGED = "-c-"
+
+
+def _key(stem: str) -> tuple[int, int, int] | None:
+    """(ns, pid, seq) of a flush file's stem ``part-<ns>-<pid>-<seq>``, its write order;
+    None for any other name (a file someone else put there: never merged or hidden)."""
+    parts = stem.split("-")
+    if len(parts) != 4 or parts[0] != "part" or not all(x.isdigit() for x in parts[1:]):
+        return None
+    return int(parts[1]), int(parts[2]), int(parts[3])
+
+
+def _span(path: Path) -> tuple[tuple[int, int, int], tuple[int, int, int]] | None:
+    """The first and last flush file a merged file covers; None for any other file."""
+    stem = path.name.removesuffix(".parquet")
+    if _MERGED not in stem:
+        return None
+    first, last = stem.split(_MERGED, 1)
+    a, b = _key(first), _key("part-" + last)
+    return None if a is None or b is None else (a, b)
+
+
+def _covered(paths: Sequence[Path]) -> set[Path]:
+    """The flush files of ``paths`` (one folder) that a merged file in ``paths`` covers."""
+    spans = [sp for p in paths if (sp := _span(p)) is not None]
+    out = set()
+    for p in paths if spans else ():
+        k = _key(p.stem)
+        if k is not None and any(a <= k <= b for a, b in spans):
+            out.add(p)
+    return out
+
 
 class FeedbackStore:
     """Append-only Parquet store. Thread-safe; one writer process per store directory."""
@@ -99,6 +144,7 @@ class FeedbackStore:
         self._lock = threading.Lock()
         self._seq = 0
         self._writer: threading.Thread | None = None  # the background flush, if one was started
+        self._unmerged: dict[tuple[str, str], int] = {}  # flush files per folder, not merged yet
 
     # ------------------------------------------------------------------ writing
 
@@ -157,7 +203,51 @@ class FeedbackStore:
                         self._buffers[key][:0] = left
                 raise
             written += len(rows)
+            if table in COMPACTED_TABLES:
+                key = (table, workload)
+                self._unmerged[key] = self._unmerged.get(key, 0) + 1
+        self._compact_due()
         return written
+
+    def _compact_due(self) -> None:
+        """Merge the folders with the most flush files, ``COMPACT_PER_FLUSH`` at most. A
+        failure is logged: the flush files stay, and so do their rows."""
+        due = sorted((n, key) for key, n in self._unmerged.items() if n >= COMPACT_MIN_FILES)
+        for _, (table, workload) in due[::-1][:COMPACT_PER_FLUSH]:
+            try:
+                self.compact(table, workload)
+            except Exception as exc:
+                log.warning("compacting %s of %s failed (%s); its files are kept", table, workload, exc)
+
+    def compact(self, table: str, workload: str, min_files: int = 2) -> int:
+        """Merge the folder's flush files into one file, if it has ``min_files`` or more;
+        returns how many were merged. Deletes files an earlier merge covers (left by a
+        crash before it could). A corrupt file is quarantined, as by :meth:`read`."""
+        if table not in COMPACTED_TABLES:
+            raise StoreError(f"table '{table}' is not compacted; these are: {', '.join(COMPACTED_TABLES)}")
+        folder = self.root / table / f"workload={workload}"
+        paths = sorted(folder.glob("*.parquet"))
+        covered = _covered(paths)
+        for p in covered:
+            p.unlink(missing_ok=True)
+        flush_files = [p for p in paths if p not in covered and _key(p.stem) is not None]
+        self._unmerged[(table, workload)] = len(flush_files)
+        if len(flush_files) < max(2, min_files):
+            return 0
+        parts, merged = [], []
+        for path in flush_files:
+            part = self._read_file(table, path, strict=False)
+            if part is not None:
+                parts.append(part)
+                merged.append(path)
+        if len(merged) < 2:
+            return 0
+        name = f"{merged[0].stem}{_MERGED}{merged[-1].stem.removeprefix('part-')}.parquet"
+        self._write_file(pa.concat_tables(parts), folder, name)
+        for path in merged:  # only now: until here the flush files are the only copy
+            path.unlink(missing_ok=True)
+        self._unmerged[(table, workload)] = 0
+        return len(merged)
 
     def _write(self, table: str, workload: str, rows: Sequence[Mapping[str, Any]]) -> None:
         schema = TABLES[table]
@@ -168,7 +258,13 @@ class FeedbackStore:
         with self._lock:
             self._seq += 1
             seq = self._seq
-        name = f"part-{time.time_ns()}-{os.getpid()}-{seq:06d}.parquet"
+        key = (table, workload)
+        if table in COMPACTED_TABLES and key not in self._unmerged:  # a store opened on old files
+            self._unmerged[key] = sum(1 for p in folder.glob("*.parquet") if _key(p.stem) is not None)
+        self._write_file(data, folder, f"part-{time.time_ns()}-{os.getpid()}-{seq:06d}.parquet")
+
+    def _write_file(self, data: pa.Table, folder: Path, name: str) -> None:
+        """Write ``data`` whole under a temporary name, fsync, rename into place."""
         tmp = folder / f".{name}.tmp"
         try:
             with open(tmp, "wb") as fh:
@@ -212,22 +308,17 @@ class FeedbackStore:
             raise StoreError(f"newest must be >= 1 file, got {newest}")
         parts = []
         paths = self.files(table, workload)
+        hidden: set[Path] = set()
+        for folder in {p.parent for p in paths}:
+            hidden |= _covered([p for p in paths if p.parent == folder])
+        paths = [p for p in paths if p not in hidden]
         if newest is not None:
             paths.reverse()  # newest first, stopping once ``newest`` files were read
         for path in paths:
             if newest is not None and len(parts) == newest:
                 break
-            try:
-                part = pq.read_table(path, schema=TABLES[table])
-            except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
-                moved = self._quarantine(path)
-                msg = (
-                    f"corrupt Parquet file {path} ({exc}); moved to {moved}. "
-                    "Fix: inspect or delete it there; the other files are intact"
-                )
-                if strict:
-                    raise CorruptStoreFileError(msg) from exc
-                log.warning(msg)
+            part = self._read_file(table, path, strict=strict)
+            if part is None:
                 continue
             wl = path.parent.name.split("=", 1)[1]
             parts.append(part.append_column("workload", pa.array([wl] * part.num_rows, pa.string())))
@@ -237,6 +328,22 @@ class FeedbackStore:
         if newest is not None:
             parts.reverse()  # back to write order
         return pa.concat_tables(parts)
+
+    def _read_file(self, table: str, path: Path, *, strict: bool) -> pa.Table | None:
+        """One file's rows; a corrupt file is quarantined and None returned (or, strict,
+        ``CorruptStoreFileError`` raised)."""
+        try:
+            return pq.read_table(path, schema=TABLES[table])
+        except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
+            moved = self._quarantine(path)
+            msg = (
+                f"corrupt Parquet file {path} ({exc}); moved to {moved}. "
+                "Fix: inspect or delete it there; the other files are intact"
+            )
+            if strict:
+                raise CorruptStoreFileError(msg) from exc
+            log.warning(msg)
+            return None
 
     def _quarantine(self, path: Path) -> Path:
         dest = self.root / "_quarantine" / path.relative_to(self.root)
