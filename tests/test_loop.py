@@ -598,3 +598,30 @@ def test_the_kept_level_ratio_counts_final_rows_after_an_open_one():
     rows = tr.aligned_now()
     assert np.isnan(rows[3]).all() and np.isfinite(rows[4]).all()  # open, then final
     np.testing.assert_allclose(tr.level_ratio_now(), level_ratio(tr.live.values, tr.aligned_shadow(0)), rtol=1e-12)
+
+
+def test_the_peak_from_kept_block_maxima_equals_scanning_the_window():
+    """``Series.peak`` takes the max of kept maxima of whole blocks plus the partial rows at
+    both ends: equal to scanning the window's rows, for any window, with unknown values and
+    irregular sampling, before and after the buffer wraps (capacity not a multiple of a block)."""
+    from prae.engine.tracker import PEAK_BLOCK, Series
+
+    rng = np.random.default_rng(7)
+    s = Series(capacity=300)
+    t = 0.0
+    checked = 0
+    while s.total < 1500:
+        batch = []
+        for _ in range(int(rng.integers(1, 40))):
+            t += float(rng.uniform(0.5, 1.5))
+            v = rng.gamma(2.0, 1.0, 4)
+            v[rng.random(4) < 0.1] = np.nan
+            batch.append(TelemetrySample(t, *v, progress=0.0))
+        s.extend(batch)
+        vals, ts = s.values, s.ts
+        for seconds in (0.0, 10.0, 100.0, 3 * PEAK_BLOCK, 250.0, 1e9):
+            recent = vals[np.searchsorted(ts, ts[-1] - seconds, side="left") :]
+            top = np.where(np.isnan(recent), -np.inf, recent).max(axis=0)
+            np.testing.assert_array_equal(s.peak(seconds), np.where(np.isfinite(top), top, np.nan))
+            checked += 1
+    assert checked > 100
