@@ -308,9 +308,10 @@ class FeedbackStore:
             raise StoreError(f"newest must be >= 1 file, got {newest}")
         parts = []
         paths = self.files(table, workload)
-        hidden: set[Path] = set()
-        for folder in {p.parent for p in paths}:
-            hidden |= _covered([p for p in paths if p.parent == folder])
+        by_folder: dict[Path, list[Path]] = defaultdict(list)
+        for p in paths:
+            by_folder[p.parent].append(p)
+        hidden = set().union(*(_covered(group) for group in by_folder.values()))
         paths = [p for p in paths if p not in hidden]
         if newest is not None:
             paths.reverse()  # newest first, stopping once ``newest`` files were read
