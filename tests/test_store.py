@@ -235,3 +235,36 @@ def test_compaction_quarantines_a_corrupt_file_and_spares_choices_and_foreign_fi
     assert foreign.exists()
     with pytest.raises(StoreError, match="not compacted"):
         store.compact("choices", "a")
+
+
+def test_merged_files_are_merged_again_and_a_crash_there_duplicates_nothing(tmp_path, monkeypatch):
+    """A merge every 64 flushes is ~290 files per workload and table a day: from
+    COMPACT_MIN_FILES merged files on they become one, again make-before-break."""
+    from pathlib import Path
+
+    import prae.store.feedback as fb
+
+    monkeypatch.setattr(fb, "COMPACT_MIN_FILES", 3)
+    store = FeedbackStore(tmp_path)
+    flushes(store, "a", 8)  # two merges of 3, two flush files
+    assert [p.name.count("-c-") for p in store.files("telemetry", "a")] == [1, 1, 0, 0]
+    real_unlink = Path.unlink
+
+    def crash_on_merged(self, missing_ok=False):
+        if "-c-" in self.name:
+            raise OSError("killed")
+        real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", crash_on_merged)
+    flushes(store, "a", 1, start=8)  # the third merge, then the three merged ones merged: the crash
+    monkeypatch.setattr(Path, "unlink", real_unlink)
+    assert [p.name.count("-c-") for p in store.files("telemetry", "a")] == [1, 1, 1, 1]
+    assert store.read("telemetry", "a").column("ts").to_pylist() == list(range(18))  # once each
+    assert store.compact("telemetry", "a") == 0  # deletes what the crash left; nothing to merge
+    (only,) = store.files("telemetry", "a")
+    assert only.name.count("-c-") == 1
+    assert store.read("telemetry", "a").column("ts").to_pylist() == list(range(18))
+    assert ds.dataset(tmp_path / "telemetry", format="parquet", partitioning="hive").count_rows() == 18
+    flushes(store, "a", 3, start=9)  # and on: a merge next to the merged-again file
+    assert store.read("telemetry", "a").column("ts").to_pylist() == list(range(24))
+    assert len(store.files("telemetry", "a")) == 2

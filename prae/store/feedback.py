@@ -23,12 +23,14 @@ them into one, named after the first and last it covers (``part-<first>-c-<last>
 written whole and renamed into place like any file, *then* the sources are deleted. A
 crash in between leaves sources next to the merged file: :meth:`read` skips a file a
 merged one covers, and the next compaction of that folder deletes it (a reader of the
-raw files, e.g. DuckDB, could see those rows twice until then). ``choices`` files (one
-per run, read newest first) are never merged.
+raw files, e.g. DuckDB, could see those rows twice until then). Once a folder holds
+``COMPACT_MIN_FILES`` merged files (~5.7 h of them), they are merged into one the same
+way. ``choices`` files (one per run, read newest first) are never merged.
 """
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 import threading
@@ -107,22 +109,38 @@ def _key(stem: str) -> tuple[int, int, int] | None:
 
 
 def _span(path: Path) -> tuple[tuple[int, int, int], tuple[int, int, int]] | None:
-    """The first and last flush file a merged file covers; None for any other file."""
+    """The first and last flush file a store file holds the rows of: itself for a flush
+    file, the ones it covers for a merged file; None for a file the store did not write."""
     stem = path.name.removesuffix(".parquet")
     if _MERGED not in stem:
-        return None
+        k = _key(stem)
+        return None if k is None else (k, k)
     first, last = stem.split(_MERGED, 1)
     a, b = _key(first), _key("part-" + last)
     return None if a is None or b is None else (a, b)
 
 
 def _covered(paths: Sequence[Path]) -> set[Path]:
-    """The flush files of ``paths`` (one folder) that a merged file in ``paths`` covers."""
-    spans = [sp for p in paths if (sp := _span(p)) is not None]
-    out = set()
-    for p in paths if spans else ():
-        k = _key(p.stem)
-        if k is not None and any(a <= k <= b for a, b in spans):
+    """The files of ``paths`` (one folder) whose rows another file there holds: a merged
+    file's span contains theirs (a flush file, or a merged file merged again). Merged
+    files are sorted by start (the widest first); each is inside the last one kept or
+    starts a new one, and a flush file is looked up in those by bisection."""
+    spans = {p: sp for p in paths if (sp := _span(p)) is not None}
+    merged = sorted(
+        (p for p, (a, b) in spans.items() if a != b),
+        key=lambda p: (spans[p][0], tuple(-x for x in spans[p][1]), p.name),
+    )
+    out: set[Path] = set()
+    widest: list[Path] = []  # disjoint, by start
+    for p in merged:
+        if widest and spans[p][1] <= spans[widest[-1]][1]:
+            out.add(p)
+        else:
+            widest.append(p)
+    starts = [spans[w][0] for w in widest]
+    for p, (a, b) in spans.items():
+        i = bisect.bisect_right(starts, a) - 1
+        if a == b and i >= 0 and a <= spans[widest[i]][1]:
             out.add(p)
     return out
 
@@ -221,7 +239,8 @@ class FeedbackStore:
 
     def compact(self, table: str, workload: str, min_files: int = 2) -> int:
         """Merge the folder's flush files into one file, if it has ``min_files`` or more;
-        returns how many were merged. Deletes files an earlier merge covers (left by a
+        then, once it holds ``COMPACT_MIN_FILES`` merged files, merge those into one too.
+        Returns how many files were merged. Deletes files another one covers (left by a
         crash before it could). A corrupt file is quarantined, as by :meth:`read`."""
         if table not in COMPACTED_TABLES:
             raise StoreError(f"table '{table}' is not compacted; these are: {', '.join(COMPACTED_TABLES)}")
@@ -230,23 +249,36 @@ class FeedbackStore:
         covered = _covered(paths)
         for p in covered:
             p.unlink(missing_ok=True)
-        flush_files = [p for p in paths if p not in covered and _key(p.stem) is not None]
+        paths = [p for p in paths if p not in covered]
+        flush_files = [p for p in paths if _key(p.stem) is not None]
         self._unmerged[(table, workload)] = len(flush_files)
-        if len(flush_files) < max(2, min_files):
-            return 0
+        done = 0
+        if len(flush_files) >= max(2, min_files):
+            done += self._merge(table, folder, flush_files)
+            self._unmerged[(table, workload)] = 0
+            paths = sorted(folder.glob("*.parquet"))
+        merged = [p for p in paths if _MERGED in p.name and _span(p) is not None]
+        if len(merged) >= COMPACT_MIN_FILES:  # ~5 h of merges at 5-s flushes: one file again
+            done += self._merge(table, folder, merged)
+        return done
+
+    def _merge(self, table: str, folder: Path, files: Sequence[Path]) -> int:
+        """One file with the rows of ``files`` (in name order, the write order), named after
+        the first and last flush file they cover; then ``files`` are deleted."""
         parts, merged = [], []
-        for path in flush_files:
+        for path in files:
             part = self._read_file(table, path, strict=False)
             if part is not None:
                 parts.append(part)
                 merged.append(path)
-        if len(merged) < 2:
+        spans = [sp for p in merged if (sp := _span(p)) is not None]
+        if len(merged) < 2 or len(spans) < len(merged):
             return 0
-        name = f"{merged[0].stem}{_MERGED}{merged[-1].stem.removeprefix('part-')}.parquet"
+        first, last = spans[0][0], spans[-1][1]
+        name = f"part-{first[0]}-{first[1]}-{first[2]:06d}{_MERGED}{last[0]}-{last[1]}-{last[2]:06d}.parquet"
         self._write_file(pa.concat_tables(parts), folder, name)
-        for path in merged:  # only now: until here the flush files are the only copy
+        for path in merged:  # only now: until here they are the only copy
             path.unlink(missing_ok=True)
-        self._unmerged[(table, workload)] = 0
         return len(merged)
 
     def _write(self, table: str, workload: str, rows: Sequence[Mapping[str, Any]]) -> None:
