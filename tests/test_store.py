@@ -268,3 +268,23 @@ def test_merged_files_are_merged_again_and_a_crash_there_duplicates_nothing(tmp_
     flushes(store, "a", 3, start=9)  # and on: a merge next to the merged-again file
     assert store.read("telemetry", "a").column("ts").to_pylist() == list(range(24))
     assert len(store.files("telemetry", "a")) == 2
+
+
+def test_a_file_of_an_older_schema_is_read_with_the_missing_columns_empty(tmp_path):
+    """Today's files are read directly; one written before a column existed goes through
+    the dataset reader, which fills the column with nulls (and a merge keeps it so)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from prae.store.feedback import TELEMETRY_SCHEMA
+
+    store = FeedbackStore(tmp_path)
+    flushes(store, "a", 1)
+    old_schema = pa.schema([f for f in TELEMETRY_SCHEMA if f.name != "progress"])
+    row = {k: v for k, v in tel(-1).items() if k != "progress"}
+    folder = tmp_path / "telemetry" / "workload=a"
+    pq.write_table(pa.Table.from_pylist([row], schema=old_schema), folder / "part-1-1-000001.parquet")
+    t = store.read("telemetry", "a")
+    assert t.column("ts").to_pylist() == [-1, 0, 1] and t.column("progress").to_pylist() == [None, 0.1, 0.1]
+    assert store.compact("telemetry", "a") == 2
+    assert store.read("telemetry", "a").column("progress").to_pylist() == [None, 0.1, 0.1]

@@ -365,8 +365,16 @@ class FeedbackStore:
     def _read_file(self, table: str, path: Path, *, strict: bool) -> pa.Table | None:
         """One file's rows; a corrupt file is quarantined and None returned (or, strict,
         ``CorruptStoreFileError`` raised)."""
+        schema = TABLES[table]
         try:
-            return pq.read_table(path, schema=TABLES[table])
+            # A file of today's schema directly: read_table's dataset machinery costs 0.84 ms
+            # a small file against 0.48 ms, and a merge reads 64 of them (2000 a flush at
+            # 1000 workloads). Another schema (an older store) goes through read_table,
+            # which fills the columns it lacks.
+            with pq.ParquetFile(path) as pf:
+                if pf.schema_arrow.equals(schema):
+                    return pf.read()
+            return pq.read_table(path, schema=schema)
         except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
             moved = self._quarantine(path)
             msg = (
