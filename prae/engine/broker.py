@@ -328,16 +328,7 @@ class ReservationBroker:
         slices; True if queued. Not for a workload with a task unit (see ``_shrink``)."""
         if req.bundle_cpu > 0 or len(live) < MAX_SLICES or any(r.replaces for r in live):
             return False
-        old = [r for r in live if r.state == "ready" and not self._busy(r)]
-        if len(old) < 2:
-            return False
-        k_cpu, k_mem = _total([r for r in live if r not in old])
-        d_cpu, d_mem = max(0.0, req.cpu - k_cpu), max(0.0, req.mem - k_mem)
-        names = [r.name for r in old]
-        q = self.queue.get(req.workload)
-        if q is None or q.replaces != names or abs(q.cpu - d_cpu) > EPS or abs(q.mem - d_mem) > EPS:
-            self.queue[req.workload] = self._slice(req, d_cpu, d_mem, now, replaces=names)
-        return True
+        return self._queue_replacement(req, now, self.queue.get(req.workload), grow=True)
 
     def _shrink(self, req: ResourceRequest, now: float, queued: Reservation | None = None) -> None:
         """Remove slices, newest first (pending ones before any ready one), while what is
@@ -371,22 +362,35 @@ class ReservationBroker:
         if over and req.bundle_cpu <= 0:
             self._queue_replacement(req, now, queued)
 
-    def _queue_replacement(self, req: ResourceRequest, now: float, queued: Reservation | None) -> None:
+    def _queue_replacement(
+        self, req: ResourceRequest, now: float, queued: Reservation | None, *, grow: bool = False
+    ) -> bool:
         """Queue one slice that, with the slices kept (in use, or not ready), covers the
         target, replacing the unused ready ones; one replacement at a time per workload
-        (a queued one is kept as it is while the target stays the same)."""
+        (a queued one is kept as it is while the target stays the same). A shrink's slice
+        must be smaller than what it replaces; a grow's (``_consolidate``) replaces two or
+        more. True if one is queued."""
         live = self.slices.get(req.workload, [])
         old = [r for r in live if r.state == "ready" and not self._busy(r)]
         k_cpu, k_mem = _total([r for r in live if r not in old])
         d_cpu, d_mem = max(0.0, req.cpu - k_cpu), max(0.0, req.mem - k_mem)
         o_cpu, o_mem = _total(old)
-        if not old or (d_cpu >= o_cpu - EPS and d_mem >= o_mem - EPS) or (d_cpu <= EPS and d_mem <= EPS):
-            return
+        if grow:
+            if len(old) < 2:
+                return False
+        elif not old or (d_cpu >= o_cpu - EPS and d_mem >= o_mem - EPS) or (d_cpu <= EPS and d_mem <= EPS):
+            return False
         names = [r.name for r in old]
-        if queued is not None and queued.replaces == names and (queued.cpu, queued.mem) == (d_cpu, d_mem):
+        if (
+            queued is not None
+            and queued.replaces == names
+            and abs(queued.cpu - d_cpu) <= EPS
+            and abs(queued.mem - d_mem) <= EPS
+        ):
             self.queue[req.workload] = queued
-            return
-        self.queue[req.workload] = self._slice(req, d_cpu, d_mem, now, replaces=names)
+        else:
+            self.queue[req.workload] = self._slice(req, d_cpu, d_mem, now, replaces=names)
+        return True
 
     def _busy(self, res: Reservation) -> bool:
         """A ready slice something runs in (the backend's optional ``in_use``): never
