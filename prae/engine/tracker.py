@@ -43,6 +43,11 @@ MAX_HISTORY = 4096
 PEAK_BLOCK = 64
 
 
+def _top(values: np.ndarray) -> np.ndarray:
+    """(R,) the max over the rows of (T, R) ``values``, NaN ignored; -inf where none."""
+    return np.where(np.isnan(values), -np.inf, values).max(axis=0, initial=-np.inf)
+
+
 class Series:
     """One role's telemetry (live or shadow): its newest ``capacity`` samples, as arrays.
 
@@ -84,7 +89,7 @@ class Series:
             if self.total % PEAK_BLOCK == 0 and self._len >= PEAK_BLOCK:
                 block = self._buf[self._end - PEAK_BLOCK : self._end, 1:-1]
                 b = self.total // PEAK_BLOCK - 1
-                self._blocks[b % len(self._blocks)] = np.where(np.isnan(block), -np.inf, block).max(axis=0)
+                self._blocks[b % len(self._blocks)] = _top(block)
 
     def __len__(self) -> int:
         return self._len
@@ -127,7 +132,7 @@ class Series:
         else:
             blocks = self._blocks[np.arange(b_lo, b_hi) % len(self._blocks)]
             parts = [values[i0 : b_lo * PEAK_BLOCK - first], blocks, values[b_hi * PEAK_BLOCK - first :]]
-        top = np.max([np.where(np.isnan(p), -np.inf, p).max(axis=0, initial=-np.inf) for p in parts], axis=0)
+        top = np.max([_top(p) for p in parts], axis=0)
         return np.where(np.isfinite(top), top, np.nan)
 
     def nearest(self, ts: float) -> tuple[float, np.ndarray] | None:

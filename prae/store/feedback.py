@@ -99,6 +99,12 @@ COMPACT_PER_FLUSH = 32  # folders merged by one flush at most; the others by the
 _MERGED = "-c-"
 
 
+def _stem(key: tuple[int, int, int]) -> str:
+    """A flush file's stem from its (ns, pid, seq): ``_key``'s inverse."""
+    ns, pid, seq = key
+    return f"part-{ns}-{pid}-{seq:06d}"
+
+
 def _key(stem: str) -> tuple[int, int, int] | None:
     """(ns, pid, seq) of a flush file's stem ``part-<ns>-<pid>-<seq>``, its write order;
     None for any other name (a file someone else put there: never merged or hidden)."""
@@ -275,7 +281,7 @@ class FeedbackStore:
         if len(merged) < 2 or len(spans) < len(merged):
             return 0
         first, last = spans[0][0], spans[-1][1]
-        name = f"part-{first[0]}-{first[1]}-{first[2]:06d}{_MERGED}{last[0]}-{last[1]}-{last[2]:06d}.parquet"
+        name = f"{_stem(first)}{_MERGED}{_stem(last).removeprefix('part-')}.parquet"
         self._write_file(pa.concat_tables(parts), folder, name)
         for path in merged:  # only now: until here they are the only copy
             path.unlink(missing_ok=True)
@@ -293,7 +299,7 @@ class FeedbackStore:
         key = (table, workload)
         if table in COMPACTED_TABLES and key not in self._unmerged:  # a store opened on old files
             self._unmerged[key] = sum(1 for p in folder.glob("*.parquet") if _key(p.stem) is not None)
-        self._write_file(data, folder, f"part-{time.time_ns()}-{os.getpid()}-{seq:06d}.parquet")
+        self._write_file(data, folder, f"{_stem((time.time_ns(), os.getpid(), seq))}.parquet")
 
     def _write_file(self, data: pa.Table, folder: Path, name: str) -> None:
         """Write ``data`` whole under a temporary name, fsync, rename into place."""
