@@ -25,6 +25,7 @@ from prae.backtest.output import write_outputs
 from prae.backtest.runner import BacktestConfig, run_backtest
 from prae.backtest.summary import format_tables, goals, score
 from prae.model.predictor import Predictor
+from prae.model.promotion import PromotionRule
 from prae.traces import load_trace
 
 TRACES = Path(__file__).resolve().parents[2] / "shared" / "traces" / "bitbrains-rnd-2013-07"
@@ -45,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="also write forecasts.parquet etc. here (timed)")
     ap.add_argument("--retrain-every-s", type=float, default=86400.0)
     ap.add_argument(
+        "--always-promote", action="store_true", help="use every retrained model (no champion/challenger)"
+    )
+    ap.add_argument(
         "--checkpoint", default=None, help="a checkpoint file to test (default: the shipped one)"
     )
     args = ap.parse_args(argv)
@@ -56,7 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     t_load = time.perf_counter() - t0
     predictor = Predictor.load(args.checkpoint) if args.checkpoint else Predictor.builtin()
     predictor_version = predictor.version  # before the daily retraining changes it
-    cfg = BacktestConfig(lead_s=900.0, retrain_every_s=args.retrain_every_s or None)
+    cfg = BacktestConfig(
+        lead_s=900.0,
+        retrain_every_s=args.retrain_every_s or None,
+        promotion=PromotionRule(always=args.always_promote),
+    )
 
     t1 = time.perf_counter()
     result = run_backtest(series, predictor, cfg)
@@ -105,6 +113,11 @@ def main(argv: list[str] | None = None) -> int:
         f"retraining every {args.retrain_every_s / 3600:g} h; {int(result.emitted().sum())} forecast rows"
     )
     print(f"model: {args.checkpoint or 'shipped'} (version {predictor_version})")
+    judged = [log for log in result.train_log if "promote" in log]
+    print(
+        f"retrained models promoted: {sum(bool(log['promote']) for log in judged)} of {len(judged)}"
+        + ("" if args.always_promote else " (champion/challenger on each series' newest rows)")
+    )
     print(
         f"stages (s): load {t_load:.1f}, "
         + ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items())

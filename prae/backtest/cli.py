@@ -54,6 +54,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retrain-windows", type=int, default=4096, help="windows per retraining")
     parser.add_argument("--retrain-epochs", type=int, default=1)
     parser.add_argument(
+        "--always-promote",
+        action="store_true",
+        help="use every retrained model; default: only one that beats the model in use on "
+        "each series' newest rows, held out of its training (champion/challenger)",
+    )
+    parser.add_argument(
         "--warmup-s", type=float, default=3600.0, help="no rows for a series' first seconds"
     )
     parser.add_argument(
@@ -79,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
     from prae.backtest.runner import BacktestConfig, run_backtest
     from prae.backtest.summary import format_tables, goals, score
     from prae.model.predictor import Predictor
+    from prae.model.promotion import PromotionRule
     from prae.model.tails import TAIL_RESOURCES, tail_columns
     from prae.traces import load_trace
 
@@ -107,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
             retrain_every_s=args.retrain_every_s or None,
             retrain_windows=args.retrain_windows,
             retrain_epochs=args.retrain_epochs,
+            promotion=PromotionRule(always=args.always_promote),
             warmup_s=args.warmup_s,
             tail_resources=tails,
         )

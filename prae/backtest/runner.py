@@ -26,6 +26,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -34,6 +35,7 @@ from prae.backtest.baselines import all_baselines, last_value, window_max
 from prae.model.calibration import CalibrationBank
 from prae.model.combination import MedianSelector, point_candidates, with_median
 from prae.model.predictor import Predictor
+from prae.model.promotion import Comparison, PromotionRule, compare, judge
 from prae.model.tails import (
     ANCHOR_PEAK_S,
     HOUR_PEAK_RESOURCES,
@@ -43,7 +45,7 @@ from prae.model.tails import (
     TailChoice,
     tail_anchor,
 )
-from prae.model.training import TrainingWindows, concat_windows, fit, windows_from_series
+from prae.model.training import TrainingWindows, concat_windows, fit, split_newest, window_losses
 from prae.policy.violation_budget import PooledBudget, allocate_quantiles
 from prae.resources import QUANTILES, RESOURCES
 from prae.traces.series import Series
@@ -58,6 +60,10 @@ class BacktestConfig:
     retrain_windows: int = 4096  # windows sampled from the past at each retraining
     retrain_epochs: int = 1
     retrain_lr: float = 3e-4
+    # Champion/challenger: a retrained model is used from then on only if it beats the one
+    # in use on the newest rows, held out of its training (``prae.model.promotion``).
+    promotion: PromotionRule = PromotionRule()
+    holdout_windows: int = 2048  # held-out windows sampled to judge on (both models, the same)
     warmup_s: float = 3600.0  # rows are emitted for issue steps after this much history
     calibration_window: int = 200
     calibration_gamma: float = 0.0  # adaptive conformal step; 0 = plain rolling window
@@ -116,7 +122,7 @@ class BacktestResult:
     level: np.ndarray  # (S, T, R) level chosen at the violation target
     baselines: dict[str, np.ndarray]  # name -> (S, T, R) value for t + lead
     versions: list[tuple[float, str]] = field(default_factory=list)  # (from time, version)
-    train_log: list[dict[str, float]] = field(default_factory=list)
+    train_log: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -164,27 +170,39 @@ def align(series: list[Series]) -> Grid:
 
 def _retrain_windows(
     grid: Grid, model: Predictor, until: int, cfg: BacktestConfig, k: int
-) -> TrainingWindows | None:
-    """Windows made only of rows before grid step ``until``, a seeded sample of them."""
+) -> tuple[TrainingWindows, TrainingWindows] | None:
+    """Windows made only of rows before grid step ``until``, a seeded sample of them to
+    train on, and a seeded sample of the held-out ones (targets in each series' newest
+    rows, ``cfg.promotion``) to judge the retrained model on."""
     items = []
     for i in range(len(grid.series_ids)):
         n_past = min(int(until - grid.offsets[i]), int(grid.lengths[i]))
         if n_past < model.window_steps + model.horizon_steps:
             continue
         vals = grid.y[i, grid.offsets[i] : grid.offsets[i] + n_past]
-        items.append(windows_from_series(vals, None, model.window_steps, model.horizon_steps))
-    items = [w for w in items if len(w)]
-    if not items:
+        items.append(
+            split_newest(
+                vals, None, model.window_steps, model.horizon_steps, cfg.promotion.holdout_rows(n_past)
+            )
+        )
+    train = [t for t, _ in items if len(t)]
+    if not train:
         return None
-    w = concat_windows(items)
     rng = np.random.default_rng([cfg.seed, k])
+    w = concat_windows(train)
     take = np.sort(rng.permutation(len(w))[: cfg.retrain_windows])
-    return TrainingWindows(w.values, w.shadow, w.starts[take], w.window_steps, w.horizon_steps)
+    train_w = TrainingWindows(w.values, w.shadow, w.starts[take], w.window_steps, w.horizon_steps)
+    held = [h for _, h in items if len(h)]
+    if not held:
+        return train_w, TrainingWindows(w.values, w.shadow, w.starts[:0], w.window_steps, w.horizon_steps)
+    h = concat_windows(held)
+    take = np.sort(rng.permutation(len(h))[: cfg.holdout_windows])
+    return train_w, TrainingWindows(h.values, h.shadow, h.starts[take], h.window_steps, h.horizon_steps)
 
 
 def forecast(
     grid: Grid, predictor: Predictor, cfg: BacktestConfig, lead: int
-) -> tuple[np.ndarray, list[tuple[float, str]], list[dict[str, float]]]:
+) -> tuple[np.ndarray, list[tuple[float, str]], list[dict[str, Any]]]:
     """Model forecasts for every issue step whose target is inside its series.
 
     Returns raw (S, T, R, Q) float32, the model versions used (from which time), and the
@@ -205,24 +223,35 @@ def forecast(
     ]
     every = max(1, int(round(cfg.retrain_every_s / grid.step_s))) if cfg.retrain_every_s else t_n
     versions: list[tuple[float, str]] = []
-    logs: list[dict[str, float]] = []
+    logs: list[dict[str, Any]] = []
     origin = float(grid.starts.min())
     for k, a in enumerate(range(0, t_n, every)):
         b = min(t_n, a + every)
         if k > 0 and cfg.retrain_every_s:
             t_fit = time.perf_counter()
-            tw = _retrain_windows(grid, model, a, cfg, k)
-            if tw is not None:
+            split = _retrain_windows(grid, model, a, cfg, k)
+            if split is not None:
+                tw, hw = split
+                challenger = copy.deepcopy(model)
                 log = fit(
-                    model,
+                    challenger,
                     tw,
                     epochs=cfg.retrain_epochs,
                     lr=cfg.retrain_lr,
                     seed=cfg.seed * 100_003 + k,
                     val_fraction=0.0,
                 )
+                judged = len(hw) > 0 and not cfg.promotion.always
+                verdict = judge(
+                    compare(window_losses(model, hw), window_losses(challenger, hw))
+                    if judged
+                    else Comparison(math.nan, math.nan, math.nan, len(hw)),
+                    cfg.promotion,
+                )
+                if verdict.promote:
+                    model = challenger
                 log["seconds"] = round(time.perf_counter() - t_fit, 3)
-                logs.append({"at_s": origin + a * grid.step_s, **log})
+                logs.append({"at_s": origin + a * grid.step_s, **log, **verdict.as_dict()})
         versions.append((origin + a * grid.step_s, model.version))
         chunks, where = [], []
         for i in range(s_n):

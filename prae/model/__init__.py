@@ -3,7 +3,9 @@ predictor that Serve and ``prae backtest`` share. No Ray import anywhere in here
 
     module.py       QuantileLSTM (the nn.Module) and ModelConfig
     features.py     raw windows -> scale-free features; model space <-> raw units
-    training.py     TrainingWindows, windows_from_series, concat_windows, fit (pinball)
+    training.py     TrainingWindows, windows_from_series, split_newest, concat_windows, fit
+    promotion.py    champion/challenger: a retrained model is served only if it beats the
+                    serving one on the newest rows, held out of its training
     predictor.py    Predictor: load/builtin/save/predict
     checkpoint.py   the checkpoint file format (atomic save, validated load)
     calibration.py  ConformalCalibrator / CalibrationBank: online per-workload intervals

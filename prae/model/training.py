@@ -81,6 +81,40 @@ def windows_from_series(
     return TrainingWindows(live, shadow, starts, window_steps, horizon_steps)
 
 
+def split_newest(
+    live: np.ndarray,
+    shadow: np.ndarray | None,
+    window_steps: int,
+    horizon_steps: int,
+    holdout_rows: int,
+) -> tuple[TrainingWindows, TrainingWindows]:
+    """One series' windows, split by time: (train, holdout).
+
+    The training windows are made of the rows before the newest ``holdout_rows`` only, so
+    no training target is a held-out row. The holdout has one window per held-out row,
+    whose first target is that row; the targets past the series' end are missing (NaN,
+    masked out of the loss), so the newest rows are judged even when there are fewer of
+    them than the model's horizon (a live run's first minutes). Its inputs may reach back
+    into training rows: they are the past it is forecast from, as when serving.
+    """
+    live = np.asarray(live, dtype=np.float32)
+    n, r = live.shape
+    hold = max(0, min(int(holdout_rows), n))
+    cut = n - hold
+    pad = np.full((horizon_steps - 1, r), np.nan, np.float32)
+    values = np.vstack([live, pad])
+    side = None if shadow is None else np.vstack([np.asarray(shadow, dtype=np.float32), pad])
+    train = windows_from_series(
+        live[:cut], None if shadow is None else shadow[:cut], window_steps, horizon_steps
+    )
+    every = windows_from_series(values, side, window_steps, horizon_steps)
+    held = every.starts[every.starts + window_steps >= cut] if hold else every.starts[:0]
+    return (
+        TrainingWindows(values, side, train.starts, window_steps, horizon_steps),
+        TrainingWindows(values, side, held, window_steps, horizon_steps),
+    )
+
+
 def concat_windows(items: list[TrainingWindows]) -> TrainingWindows:
     """One TrainingWindows from many (same window/horizon); start indices are re-based."""
     if not items:
@@ -111,8 +145,10 @@ def pinball_loss(
     mask: torch.Tensor,
     quantiles: torch.Tensor,
     weight: torch.Tensor | None = None,
+    per_window: bool = False,
 ) -> torch.Tensor:
-    """Mean pinball loss over observed targets (weighted mean if ``weight`` is given).
+    """Mean pinball loss over observed targets (weighted mean if ``weight`` is given);
+    ``per_window``: one mean per window, shape (B,), instead of one for the batch.
 
     z_pred: shape (B, H, R, Q); z_true: shape (B, H, R) (NaN allowed where mask is
     False); mask: shape (B, H, R) bool; quantiles: shape (Q,); weight: shape (B, R)
@@ -123,6 +159,8 @@ def pinball_loss(
     m = mask[..., None].to(loss.dtype)
     if weight is not None:
         m = m * weight[:, None, :, None]
+    if per_window:
+        return (loss * m).sum(dim=(1, 2, 3)) / (m.sum(dim=(1, 2, 3)) * quantiles.numel()).clamp(min=1e-12)
     return (loss * m).sum() / (m.sum() * quantiles.numel()).clamp(min=1e-12)
 
 
@@ -155,6 +193,7 @@ def _batch_loss(
     q: torch.Tensor,
     device: str,
     level_power: float = 0.0,
+    per_window: bool = False,
 ) -> torch.Tensor:
     lt = torch.from_numpy(np.ascontiguousarray(live, dtype=np.float32)).to(device)
     st = (
@@ -168,7 +207,7 @@ def _batch_loss(
     z_true = to_model_space(yt, scale, predictor.config.target_space)
     mask = ~torch.isnan(yt) & present[:, None, :]
     weight = level_weights(scale, present, level_power) if level_power > 0 else None
-    return pinball_loss(z_pred, z_true, mask, q, weight)
+    return pinball_loss(z_pred, z_true, mask, q, weight, per_window)
 
 
 def _truncate_history(live: np.ndarray, rng: np.random.Generator, prob: float) -> np.ndarray:
@@ -316,3 +355,22 @@ def evaluate(
             total += float(_batch_loss(predictor, live, shadow, y, q, device)) * len(idx)
             count += len(idx)
     return total / count
+
+
+def window_losses(
+    predictor: Predictor,
+    windows: TrainingWindows,
+    device: str = "cpu",
+    batch_size: int = 1024,
+) -> np.ndarray:
+    """Mean pinball loss (model space) of each window, shape (M,) float64: what a paired
+    comparison of two models on the same windows needs (``prae.model.promotion``)."""
+    q = torch.tensor(predictor.quantiles, dtype=torch.float32, device=device)
+    out = np.empty(len(windows), np.float64)
+    predictor.module.eval()
+    with torch.no_grad():
+        for lo in range(0, len(windows), batch_size):
+            idx = np.arange(lo, min(lo + batch_size, len(windows)))
+            live, shadow, y = windows.batch(idx)
+            out[idx] = _batch_loss(predictor, live, shadow, y, q, device, per_window=True).cpu().numpy()
+    return out
