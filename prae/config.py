@@ -133,6 +133,25 @@ class RetrainSpec:
     epochs: int = 3
     num_workers: int = 1
     use_gpu: bool = False
+    # Champion/challenger (prae.model.promotion): "better" serves a retrained model only if
+    # it beats the serving one on each workload's newest rows (holdout_share of them, at
+    # most max_holdout_rows), held out of its training, by min_gain; "always" serves each.
+    # ... and by more than significance_z standard errors of the paired per-window gains.
+    promote: Literal["better", "always"] = "better"
+    holdout_share: float = 0.2
+    max_holdout_rows: int = 288
+    min_gain: float = 0.0
+    significance_z: float = 2.0
+
+    def promotion(self) -> dict[str, Any]:
+        """The ``prae.model.promotion.PromotionRule`` fields (no torch import here)."""
+        return {
+            "holdout_share": self.holdout_share,
+            "max_holdout_rows": self.max_holdout_rows,
+            "min_gain": self.min_gain,
+            "z": self.significance_z,
+            "always": self.promote == "always",
+        }
 
 
 @dataclass(frozen=True)
@@ -512,6 +531,11 @@ def parse_config(data: Any, source: str = "<config>") -> PraeConfig:
         # retraining (gradient averaging over several workers) is not implemented yet.
         num_workers=int(t_r.number("num_workers", 1, minimum=0, maximum=1, integer=True) or 0),
         use_gpu=t_r.boolean("use_gpu", False),
+        promote=t_r.choice("promote", ("better", "always"), "better"),  # type: ignore[arg-type]
+        holdout_share=float(t_r.number("holdout_share", 0.2, minimum=0, exclusive_min=True, maximum=0.9) or 0.2),
+        max_holdout_rows=int(t_r.number("max_holdout_rows", 288, minimum=1, integer=True) or 288),
+        min_gain=float(t_r.number("min_gain", 0.0, minimum=0, maximum=0.9) or 0.0),
+        significance_z=float(t_r.number("significance_z", 2.0, minimum=0) or 0.0),
     )
     t_r.finish()
 

@@ -100,6 +100,9 @@ def test_resize_limits_and_task_unit_are_read():
         ({**minimal(), "allocator": {"max_shrinks_per_hour": "few"}}, "allocator.max_shrinks_per_hour", "number"),
         (minimal(profile={"unit_cpu": 0}), "workloads[0].profile.unit_cpu", "> 0"),
         ({**minimal(), "retrain": {"num_workers": 4}}, "retrain.num_workers", "<= 1"),
+        ({**minimal(), "retrain": {"promote": "newest"}}, "retrain.promote", "better, always"),
+        ({**minimal(), "retrain": {"holdout_share": 1.0}}, "retrain.holdout_share", "<= 0.9"),
+        ({**minimal(), "retrain": {"significance_z": -1}}, "retrain.significance_z", ">= 0"),
         ({**minimal(), "predictor": {"num_replicas": 0}}, "predictor.num_replicas", ">= 1"),
         ({"workloads": [{"name": "a", "kind": "etl"}, {"name": "a", "kind": "train"}]}, "workloads[1].name", "twice"),
         ([1, 2], "<root>", "mapping"),
@@ -164,3 +167,16 @@ def test_shadow_preload_lists_modules_once():
     one = parse_config(minimal(kind="python", entrypoint="m:f", shadow={"preload": "torch"}))
     assert one.workloads[0].shadow.preload == ("torch",)
     assert parse_config(minimal()).workloads[0].shadow.preload == ()
+
+
+def test_retrain_promotion_fields_become_the_rule():
+    from prae.model.promotion import PromotionRule
+
+    cfg = parse_config(
+        {**minimal(), "retrain": {"holdout_share": 0.3, "max_holdout_rows": 100, "min_gain": 0.01, "significance_z": 3}},
+        "x.yaml",
+    )
+    rule = PromotionRule(**cfg.retrain.promotion())
+    assert rule == PromotionRule(holdout_share=0.3, max_holdout_rows=100, min_gain=0.01, z=3.0, always=False)
+    assert PromotionRule(**parse_config(minimal(), "x.yaml").retrain.promotion()) == PromotionRule()
+    assert PromotionRule(**parse_config({**minimal(), "retrain": {"promote": "always"}}, "x.yaml").retrain.promotion()).always

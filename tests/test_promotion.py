@@ -129,3 +129,41 @@ def test_backtest_promotes_a_challenger_that_forecasts_the_held_out_rows_better(
     for log in result.train_log:
         assert log["promote"] == (log["champion_loss"] - log["challenger_loss"] > 2 * log["gain_se"]), log
 
+
+def test_retraining_holds_out_each_workloads_newest_rows_of_the_store(tmp_path) -> None:
+    """What the live engine's retraining trains and judges on (``windows_from_store``)."""
+    from prae.store.feedback import FeedbackStore
+    from train.store_data import windows_from_store
+
+    store = FeedbackStore(tmp_path)
+    lengths = {"a": 100, "b": 60}
+    for wl, n in lengths.items():
+        rows = [
+            {"ts": 1000.0 + i, "role": "live", "cpu": float(i), "mem": 1e8, "disk": 1.0, "net": 1.0, "progress": i / n}
+            for i in range(n)
+        ]
+        rows += [
+            {"ts": 1000.0 + i / 10, "role": "shadow", "cpu": 0.1, "mem": 1e7, "disk": 1.0, "net": 1.0, "progress": i / n}
+            for i in range(n)
+        ]
+        store.append("telemetry", wl, rows)
+    store.flush()
+    rule = PromotionRule(holdout_share=0.2)
+    w, h = 16, 4
+    data = windows_from_store(store, w, h, 5, rule.holdout_rows)
+    assert data.rows == 160 and data.train is not None and data.holdout is not None
+    assert data.train.shadow is not None  # the aligned shadow channel travels with both
+    _, _, y_train = data.train.batch(np.arange(len(data.train)))
+    _, _, y_held = data.holdout.batch(np.arange(len(data.holdout)))
+    # cpu counts the workload's rows: held-out targets are its newest 20 % (a: >= 80, b: >= 48)
+    held_cpu = y_held[..., 0]
+    assert set(np.unique(held_cpu[held_cpu >= 80]).astype(int)) == set(range(80, 100))
+    assert np.nanmin(held_cpu) == 48 and set(np.unique(held_cpu[held_cpu < 60]).astype(int)) == set(range(48, 60))
+    assert len(data.holdout) == 20 + 12  # one window per held-out row
+    # no training target is a held-out row of its workload: a's rows 80+ and b's 48+ never
+    # appear (b's values only go to 59, so any training value >= 48 must be a's, below 80)
+    tr = y_train[..., 0]
+    assert np.nanmax(tr) < 80
+    assert len(data.train) == (80 + w - 1 - w - h + 1) + (48 + w - 1 - w - h + 1)
+    none = windows_from_store(store, w, h, 5)  # no holdout: every window trains
+    assert none.holdout is None and len(none.train) == len(data.train) + len(data.holdout)

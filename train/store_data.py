@@ -7,9 +7,12 @@ shadow channel, so the model is trained on the same features it is served.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import NamedTuple
+
 import numpy as np
 
-from prae.model.training import TrainingWindows, concat_windows, windows_from_series
+from prae.model.training import TrainingWindows, concat_windows, split_newest
 from prae.resources import RESOURCES
 from prae.store.feedback import FeedbackStore
 from prae.telemetry.alignment import align_shadow_by_progress
@@ -33,15 +36,30 @@ def series_from_store(store: FeedbackStore) -> dict[str, tuple[np.ndarray, np.nd
     return out
 
 
+class StoreWindows(NamedTuple):
+    """What retraining learns from (``train``) and judges on (``holdout``: windows whose
+    targets are each workload's newest rows, none of them a training target)."""
+
+    train: TrainingWindows | None
+    holdout: TrainingWindows | None
+    rows: int  # live rows the windows came from
+
+
 def windows_from_store(
-    store: FeedbackStore, window_steps: int, horizon_steps: int, lead_steps: int
-) -> tuple[TrainingWindows | None, int]:
-    """All training windows in the store, and the number of live rows they came from.
+    store: FeedbackStore,
+    window_steps: int,
+    horizon_steps: int,
+    lead_steps: int,
+    holdout_rows: Callable[[int], int] = lambda n: 0,
+) -> StoreWindows:
+    """All training windows in the store, split by time into train and holdout.
 
     ``horizon_steps`` is the model's output horizon; ``lead_steps`` is the alignment lead the
     live loop uses (``run.horizon_steps``), so training sees the shadow as serving does.
+    ``holdout_rows(n)``: how many of a workload's n newest live rows to hold out (default
+    none: every window trains).
     """
-    items = []
+    train, held = [], []
     rows = 0
     for live, live_p, shadow, shadow_p in series_from_store(store).values():
         rows += len(live)
@@ -54,9 +72,14 @@ def windows_from_store(
         # left-pad with "missing" so its first minutes train too, exactly as serving pads
         # a young workload's window.
         pad = np.full((window_steps - 1, live.shape[1]), np.nan)
+        n = len(live)
         live = np.vstack([pad, live])
         aligned = None if aligned is None else np.vstack([pad, aligned])
-        w = windows_from_series(live, aligned, window_steps, horizon_steps)
-        if len(w):
-            items.append(w)
-    return (concat_windows(items) if items else None), rows
+        t, h = split_newest(live, aligned, window_steps, horizon_steps, holdout_rows(n))
+        if len(t):
+            train.append(t)
+        if len(h):
+            held.append(h)
+    return StoreWindows(
+        concat_windows(train) if train else None, concat_windows(held) if held else None, rows
+    )

@@ -192,6 +192,7 @@ class RayRetrainer:
             use_gpu=spec.use_gpu,
             seed=run.seed + version,
             storage_path=str(self.out_dir / "ray_train"),
+            promotion=spec.promotion(),
         )
 
     def stop(self, timeout_s: float = 20.0) -> None:
@@ -229,7 +230,11 @@ class RayRetrainer:
             self.results.append({"error": repr(exc)})
             return None
         self.results.append(result)
-        if result.get("checkpoint") and os.path.exists(result["checkpoint"]):
-            self.base = result["checkpoint"]  # the next run fine-tunes the newest weights
-            return result["checkpoint"]
-        return None
+        if not result.get("checkpoint") or not os.path.exists(result["checkpoint"]):
+            return None
+        if not result.get("promote", False):
+            # The champion stays, and the next run fine-tunes it again (not the challenger).
+            log.info("retrained model %s not promoted: %s", result["checkpoint"], result.get("verdict"))
+            return None
+        self.base = result["checkpoint"]  # the next run fine-tunes the newest served weights
+        return result["checkpoint"]

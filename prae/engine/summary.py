@@ -141,6 +141,17 @@ def format_table(summary: RunSummary) -> str:
         f"hot swaps: {summary.hot_swaps}; model versions: {', '.join(summary.model_versions) or 'n/a'}; "
         f"predictor replicas seen: {summary.predictor_replicas}"
     )
+    judged = [r for r in summary.extra.get("retrain_results", ()) if "verdict" in r]
+    if judged:  # champion/challenger: why a retrained model was or was not served
+        lines.append(
+            f"retrained models promoted: {sum(bool(r['promote']) for r in judged)} of {len(judged)} ("
+            + "; ".join(
+                f"{'yes' if r['promote'] else 'no'}: {r['verdict']['challenger_loss']:.3f} vs "
+                f"{r['verdict']['champion_loss']:.3f} held out"
+                for r in judged
+            )
+            + ")"
+        )
     for w in summary.workloads:
         r = w.live_result or {}
         if "in_reservation" in r:  # a Ray-native job: did its tasks run in what PRAE reserved?
