@@ -166,6 +166,9 @@ class AllocatorSpec:
     min_confidence_for_pg: float = 0.3
     hysteresis: float = 0.25  # relative change needed before a reservation is resized
     max_pending_pgs: int = 2
+    # Per tick, the broker keeps launching groups while those it launched come up, for at
+    # most this long (prae.engine.broker): a cold start places every group that fits at once.
+    launch_budget_s: float = 0.25
     cpu_budget: float = math.inf
     mem_budget: float = math.inf
     # Resize limits (prae.policy.resizes.ResizeLimits): shrinks per workload per sliding
@@ -554,6 +557,7 @@ def parse_config(data: Any, source: str = "<config>") -> PraeConfig:
         min_confidence_for_pg=float(a_r.number("min_confidence_for_pg", 0.3, minimum=0, maximum=1) or 0.0),
         hysteresis=float(a_r.number("hysteresis", 0.25, minimum=0, maximum=10) or 0.0),
         max_pending_pgs=int(a_r.number("max_pending_pgs", 2, minimum=1, integer=True) or 2),
+        launch_budget_s=float(a_r.number("launch_budget_s", 0.25, minimum=0, maximum=60) or 0.0),
         cpu_budget=float(a_r.number("cpu_budget", math.inf, minimum=0, exclusive_min=True) or math.inf),
         mem_budget=float(a_r.size("memory_budget", None) or math.inf),
         max_shrinks_per_hour=float(a_r.number("max_shrinks_per_hour", 4.0, minimum=0) or 0.0),

@@ -100,6 +100,7 @@ def test_resize_limits_and_task_unit_are_read():
         ({**minimal(), "allocator": {"max_shrinks_per_hour": "few"}}, "allocator.max_shrinks_per_hour", "number"),
         (minimal(profile={"unit_cpu": 0}), "workloads[0].profile.unit_cpu", "> 0"),
         ({**minimal(), "retrain": {"num_workers": 4}}, "retrain.num_workers", "<= 1"),
+        ({**minimal(), "allocator": {"launch_budget_s": -1}}, "allocator.launch_budget_s", ">= 0"),
         ({**minimal(), "retrain": {"promote": "newest"}}, "retrain.promote", "better, always"),
         ({**minimal(), "retrain": {"holdout_share": 1.0}}, "retrain.holdout_share", "<= 0.9"),
         ({**minimal(), "retrain": {"significance_z": -1}}, "retrain.significance_z", ">= 0"),
@@ -180,3 +181,9 @@ def test_retrain_promotion_fields_become_the_rule():
     assert rule == PromotionRule(holdout_share=0.3, max_holdout_rows=100, min_gain=0.01, z=3.0, always=False)
     assert PromotionRule(**parse_config(minimal(), "x.yaml").retrain.promotion()) == PromotionRule()
     assert PromotionRule(**parse_config({**minimal(), "retrain": {"promote": "always"}}, "x.yaml").retrain.promotion()).always
+
+
+def test_launch_budget_reaches_the_allocator_spec():
+    assert parse_config(minimal(), "x.yaml").allocator.launch_budget_s == 0.25
+    cfg = parse_config({**minimal(), "allocator": {"launch_budget_s": 0}}, "x.yaml")
+    assert cfg.allocator.launch_budget_s == 0.0  # 0: a tick does not wait for groups to come up

@@ -221,7 +221,11 @@ class AllocatorActor(BrokerAllocator):
     def __init__(self, spec: AllocatorSpec, prefix: str, own_floor: bool = True) -> None:
         super().__init__(
             ReservationBroker(
-                RayPlacementBackend(), RayCapacityFloor() if own_floor else None, prefix, spec.max_pending_pgs
+                RayPlacementBackend(),
+                RayCapacityFloor() if own_floor else None,
+                prefix,
+                spec.max_pending_pgs,
+                launch_budget_s=spec.launch_budget_s,
             )
         )
 
