@@ -86,9 +86,11 @@ def small_config(tmp_path, retrain_every_s=10.0):
 
 
 def test_demo_loop_end_to_end(local_ray, tmp_path):
-    # Retraining every 30 s: by then each workload has ~30 live rows, so the newest 20 %
-    # held out hold a few 12-step target windows each to judge the challenger on.
-    cfg = small_config(tmp_path, retrain_every_s=30.0)
+    # Retraining every 45 s: by then the replay and the tasks job have >= 40 live rows each
+    # (the ETL may be done, on a fast machine in ~10 s), so their newest 20 % give the 16
+    # held-out windows a verdict needs; the run lasts 140 s, so the first retraining ends
+    # well before it.
+    cfg = small_config(tmp_path, retrain_every_s=45.0)
     summary = run(cfg)
 
     # the workloads ran to completion and were forecast while running
