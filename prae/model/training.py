@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -104,13 +105,12 @@ def split_newest(
     pad = np.full((horizon_steps - 1, r), np.nan, np.float32)
     values = np.vstack([live, pad])
     side = None if shadow is None else np.vstack([np.asarray(shadow, dtype=np.float32), pad])
-    train = windows_from_series(
-        live[:cut], None if shadow is None else shadow[:cut], window_steps, horizon_steps
-    )
     every = windows_from_series(values, side, window_steps, horizon_steps)
+    # a window entirely before the cut has the same observed rows as in the rows before it
+    train = every.starts[every.starts + window_steps + horizon_steps <= cut]
     held = every.starts[every.starts + window_steps >= cut] if hold else every.starts[:0]
     return (
-        TrainingWindows(values, side, train.starts, window_steps, horizon_steps),
+        TrainingWindows(values, side, train, window_steps, horizon_steps),
         TrainingWindows(values, side, held, window_steps, horizon_steps),
     )
 
@@ -334,6 +334,19 @@ def fit(
     return {"loss": last_loss, "val_loss": val_loss, "steps": float(step)}
 
 
+def _losses_by_batch(
+    predictor: Predictor, windows: TrainingWindows, index: np.ndarray, device: str, batch_size: int, per_window: bool
+) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    """(window indices, their loss: the batch mean, or one per window) batch by batch, in eval mode."""
+    q = torch.tensor(predictor.quantiles, dtype=torch.float32, device=device)
+    predictor.module.eval()
+    with torch.no_grad():
+        for lo in range(0, index.size, batch_size):
+            idx = index[lo : lo + batch_size]
+            live, shadow, y = windows.batch(idx)
+            yield idx, _batch_loss(predictor, live, shadow, y, q, device, per_window=per_window)
+
+
 def evaluate(
     predictor: Predictor,
     windows: TrainingWindows,
@@ -345,16 +358,11 @@ def evaluate(
     idx_all = np.arange(len(windows)) if index is None else np.asarray(index)
     if idx_all.size == 0:
         return float("nan")
-    q = torch.tensor(predictor.quantiles, dtype=torch.float32, device=device)
-    total, count = 0.0, 0
-    predictor.module.eval()
-    with torch.no_grad():
-        for lo in range(0, idx_all.size, batch_size):
-            idx = idx_all[lo : lo + batch_size]
-            live, shadow, y = windows.batch(idx)
-            total += float(_batch_loss(predictor, live, shadow, y, q, device)) * len(idx)
-            count += len(idx)
-    return total / count
+    total = sum(
+        float(loss) * len(idx)
+        for idx, loss in _losses_by_batch(predictor, windows, idx_all, device, batch_size, per_window=False)
+    )
+    return total / idx_all.size
 
 
 def window_losses(
@@ -365,12 +373,8 @@ def window_losses(
 ) -> np.ndarray:
     """Mean pinball loss (model space) of each window, shape (M,) float64: what a paired
     comparison of two models on the same windows needs (``prae.model.promotion``)."""
-    q = torch.tensor(predictor.quantiles, dtype=torch.float32, device=device)
     out = np.empty(len(windows), np.float64)
-    predictor.module.eval()
-    with torch.no_grad():
-        for lo in range(0, len(windows), batch_size):
-            idx = np.arange(lo, min(lo + batch_size, len(windows)))
-            live, shadow, y = windows.batch(idx)
-            out[idx] = _batch_loss(predictor, live, shadow, y, q, device, per_window=True).cpu().numpy()
+    every = np.arange(len(windows))
+    for idx, loss in _losses_by_batch(predictor, windows, every, device, batch_size, per_window=True):
+        out[idx] = loss.cpu().numpy()
     return out
