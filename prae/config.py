@@ -135,8 +135,8 @@ class RetrainSpec:
     use_gpu: bool = False
     # Champion/challenger (prae.model.promotion): "better" serves a retrained model only if
     # it beats the serving one on each workload's newest rows (holdout_share of them, at
-    # most max_holdout_rows), held out of its training, by min_gain; "always" serves each.
-    # ... and by more than significance_z standard errors of the paired per-window gains.
+    # most max_holdout_rows), held out of its training, by more than significance_z standard
+    # errors of the paired per-window gains and by min_gain (relative); "always" serves each.
     promote: Literal["better", "always"] = "better"
     holdout_share: float = 0.2
     max_holdout_rows: int = 288
@@ -149,7 +149,7 @@ class RetrainSpec:
             "holdout_share": self.holdout_share,
             "max_holdout_rows": self.max_holdout_rows,
             "min_gain": self.min_gain,
-            "z": self.significance_z,
+            "significance_z": self.significance_z,
             "always": self.promote == "always",
         }
 

@@ -178,7 +178,7 @@ def test_retrain_promotion_fields_become_the_rule():
         "x.yaml",
     )
     rule = PromotionRule(**cfg.retrain.promotion())
-    assert rule == PromotionRule(holdout_share=0.3, max_holdout_rows=100, min_gain=0.01, z=3.0, always=False)
+    assert rule == PromotionRule(holdout_share=0.3, max_holdout_rows=100, min_gain=0.01, significance_z=3.0, always=False)
     assert PromotionRule(**parse_config(minimal(), "x.yaml").retrain.promotion()) == PromotionRule()
     assert PromotionRule(**parse_config({**minimal(), "retrain": {"promote": "always"}}, "x.yaml").retrain.promotion()).always
 

@@ -27,7 +27,7 @@ def test_judge_promotes_only_a_significantly_lower_loss_on_enough_windows() -> N
     assert judge(better, rule).promote
     same = compare(champion, champion + noise)  # equal but for noise
     assert not judge(same, rule).promote
-    assert judge(same, PromotionRule(min_windows=10, z=0.0)).promote == (same.challenger_loss < same.champion_loss)
+    assert judge(same, PromotionRule(min_windows=10, significance_z=0.0)).promote == (same.challenger_loss < same.champion_loss)
     assert not judge(compare(champion, champion * 1.1), rule).promote
     few = compare(champion[:9], champion[:9] * 0.5)
     v = judge(few, rule)
@@ -51,7 +51,7 @@ def test_holdout_rows_are_a_share_capped_and_none_when_always() -> None:
     assert rule.holdout_rows(100) == 20
     assert rule.holdout_rows(8640) == 288
     assert PromotionRule(always=True).holdout_rows(8640) == 0
-    for bad in ({"holdout_share": 0.0}, {"holdout_share": 1.0}, {"min_gain": 1.0}, {"min_windows": 0}, {"z": -1.0}):
+    for bad in ({"holdout_share": 0.0}, {"holdout_share": 1.0}, {"min_gain": 1.0}, {"min_windows": 0}, {"significance_z": -1.0}):
         with pytest.raises(ValueError):
             PromotionRule(**bad)
 

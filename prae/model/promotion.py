@@ -1,15 +1,15 @@
 """Champion/challenger: a retrained model replaces the serving one only if it forecasts
-data neither has trained on better.
+better on rows neither was trained on.
 
 Why: fine-tuning on a few minutes of one job's telemetry, or on a day of a trace, can make
 the model worse (too few windows, a burst the next hours do not repeat), and a swap is
 applied to every workload at once. So each retraining holds out the newest rows of every
 series (``holdout_rows``), trains the challenger on the rows before them, and scores both
 models on the same held-out windows, window by window. The challenger is promoted only if
-its mean loss is lower by more than ``z`` standard errors of the paired differences (and
+its mean loss is lower by more than ``significance_z`` standard errors of the paired differences (and
 by ``min_gain``, relative): a fine-tune that moves the loss by noise is not worth a swap
 (on 100 Bitbrains VMs, the daily fine-tunes moved it by < 0.1 %, up and down). Windows
-overlap in time, so the standard error is optimistic; ``z`` = 2 leaves room for that. A
+overlap in time, so the standard error is optimistic; 2 of them leave room for that. A
 rejected challenger is kept on disk but never served, and the next retraining starts
 again from the champion.
 
@@ -33,7 +33,7 @@ class PromotionRule:
     what tomorrow resembles most, and a larger holdout delays what the model learns).
     min_windows: fewer held-out windows than this and nothing is promoted (no evidence).
     min_gain: the challenger's loss must be <= champion's x (1 - min_gain).
-    z: the mean paired gain must exceed z standard errors.
+    significance_z: the mean paired gain must exceed this many standard errors.
     always: promote every challenger without judging (the behaviour before this rule).
     """
 
@@ -41,7 +41,7 @@ class PromotionRule:
     max_holdout_rows: int = 288
     min_windows: int = 16
     min_gain: float = 0.0
-    z: float = 2.0
+    significance_z: float = 2.0
     always: bool = False
 
     def __post_init__(self) -> None:
@@ -51,8 +51,8 @@ class PromotionRule:
             raise ValueError("max_holdout_rows and min_windows must be >= 1")
         if not 0.0 <= self.min_gain < 1.0:
             raise ValueError(f"min_gain must be in [0, 1), got {self.min_gain}")
-        if not self.z >= 0.0:
-            raise ValueError(f"z must be >= 0, got {self.z}")
+        if not self.significance_z >= 0.0:
+            raise ValueError(f"significance_z must be >= 0, got {self.significance_z}")
 
     def holdout_rows(self, n_rows: int) -> int:
         """Rows of a series of ``n_rows`` held out (0 when ``always``: nothing to judge)."""
@@ -118,7 +118,7 @@ def judge(c: Comparison, rule: PromotionRule) -> Verdict:
     if c.windows < rule.min_windows:
         return verdict(False, f"{c.windows} held-out windows, fewer than {rule.min_windows}")
     gain = c.champion_loss - c.challenger_loss
-    bar = max(rule.z * c.gain_se, rule.min_gain * c.champion_loss)
+    bar = max(rule.significance_z * c.gain_se, rule.min_gain * c.champion_loss)
     if gain > bar:
         return verdict(True, f"gain {gain:.3g} > {bar:.3g}")
-    return verdict(False, f"gain {gain:.3g} <= {bar:.3g} (z={rule.z:g}, min_gain={rule.min_gain:g})")
+    return verdict(False, f"gain {gain:.3g} <= {bar:.3g} (significance_z={rule.significance_z:g}, min_gain={rule.min_gain:g})")
