@@ -123,7 +123,7 @@ def test_backtest_promotes_a_challenger_that_forecasts_the_held_out_rows_better(
     predictor = Predictor.create(TINY, seed=0)
     result = run_backtest(series, predictor, BacktestConfig(retrain_every_s=86400.0, retrain_windows=512, retrain_lr=3e-3))
     first = result.train_log[0]
-    assert first["promote"] is True, first
+    assert first["promote"] is True and first["reason"].startswith("gain "), first
     assert first["champion_loss"] - first["challenger_loss"] > 2 * first["gain_se"] > 0, first
     assert result.versions[1][1] != predictor.version
     for log in result.train_log:
