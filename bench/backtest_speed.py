@@ -51,6 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--checkpoint", default=None, help="a checkpoint file to test (default: the shipped one)"
     )
+    ap.add_argument(
+        "--without-median-head",
+        action="store_true",
+        help="serve the LSTM's own q0.5 (the checkpoint's median head is set aside)",
+    )
     args = ap.parse_args(argv)
 
     t0 = time.perf_counter()
@@ -59,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     series = load_trace(args.trace, "bitbrains", ids=ids, limit=args.series)
     t_load = time.perf_counter() - t0
     predictor = Predictor.load(args.checkpoint) if args.checkpoint else Predictor.builtin()
+    if args.without_median_head:
+        predictor.set_median_head(None)
     predictor_version = predictor.version  # before the daily retraining changes it
     cfg = BacktestConfig(
         lead_s=900.0,
@@ -112,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         f"workload: {n} Bitbrains series x {days:.1f} days x 4 resources, lead 900 s, step 300 s, "
         f"retraining every {args.retrain_every_s / 3600:g} h; {int(result.emitted().sum())} forecast rows"
     )
-    print(f"model: {args.checkpoint or 'shipped'} (version {predictor_version})")
+    head = "its median head" if predictor.median_head is not None else "the LSTM's own median"
+    print(f"model: {args.checkpoint or 'shipped'} (version {predictor_version}), q0.5 from {head}")
     judged = [log for log in result.train_log if "promote" in log]
     print(
         f"retrained models promoted: {sum(bool(log['promote']) for log in judged)} of {len(judged)}"

@@ -5,6 +5,7 @@
 Data: Bitbrains Rnd 2013-07 VMs whose number is NOT a multiple of 5 (400 VMs; the 100
 multiples of 5 are held out for ``prae backtest`` evaluation), plus the Alibaba 2018
 machine-usage sample and the Google 2019 instance-usage tasks. All on a 300-s grid.
+Then the median head (``train.median_head``; ``--no-median-head`` skips it).
 Deterministic for ``--seed`` on a given torch version and thread count.
 """
 
@@ -84,6 +85,11 @@ def main(argv: list[str] | None = None) -> int:
         "prae.model.training.level_weights)",
     )
     ap.add_argument(
+        "--no-median-head",
+        action="store_true",
+        help="ship the LSTM's own q0.5 (skip train.median_head)",
+    )
+    ap.add_argument(
         "--time-budget-s",
         type=float,
         default=None,
@@ -132,6 +138,13 @@ def main(argv: list[str] | None = None) -> int:
     hw = build_windows(heldout, config)
     sel = np.random.default_rng(args.seed).permutation(len(hw))[:50_000]
     metrics["heldout_loss"] = evaluate(predictor, hw, np.sort(sel))
+    head_metrics = None
+    if not args.no_median_head:
+        from train.median_head import train_median_head
+
+        head_metrics = train_median_head(
+            predictor, [s for ss in data.values() for s in ss], seed=args.seed
+        )
     wall = time.time() - t0
     meta = {
         "command": "python -m train.pretrain "
@@ -148,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         # fine-tunes of this checkpoint (daily in the backtest, Ray Train live) use the same loss
         "level_power": args.level_power,
     }
+    if head_metrics is not None:
+        meta["median_head"] = head_metrics
     predictor.save(args.out, metadata=meta)
     print(json.dumps({**meta, "version": Predictor.load(args.out).version}, indent=2))
     return 0

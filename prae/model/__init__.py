@@ -2,6 +2,9 @@
 predictor that Serve and ``prae backtest`` share. No Ray import anywhere in here.
 
     module.py       QuantileLSTM (the nn.Module) and ModelConfig
+    median_head.py  MedianHead: per resource, an MLP forecasting the median from the
+                    window's summary statistics; served in place of the LSTM's q0.5
+    median_fit.py   training the median head
     features.py     raw windows -> scale-free features; model space <-> raw units
     training.py     TrainingWindows, windows_from_series, split_newest, concat_windows, fit
     promotion.py    champion/challenger: a retrained model is served only if it beats the
@@ -17,6 +20,7 @@ predictor that Serve and ``prae backtest`` share. No Ray import anywhere in here
 
 from prae.model.calibration import CalibrationBank, ConformalCalibrator
 from prae.model.combination import MedianSelector
+from prae.model.median_head import MedianHead, MedianHeadConfig
 from prae.model.module import ModelConfig, QuantileLSTM
 from prae.model.predictor import Predictor, builtin_checkpoint_path
 from prae.model.training import TrainingWindows, concat_windows, fit, windows_from_series
@@ -24,6 +28,8 @@ from prae.model.training import TrainingWindows, concat_windows, fit, windows_fr
 __all__ = [
     "CalibrationBank",
     "ConformalCalibrator",
+    "MedianHead",
+    "MedianHeadConfig",
     "MedianSelector",
     "ModelConfig",
     "Predictor",

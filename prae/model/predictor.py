@@ -13,6 +13,7 @@ import torch
 
 from prae.model.checkpoint import load_checkpoint, save_checkpoint
 from prae.model.features import build_features, fit_length, from_model_space
+from prae.model.median_head import MedianHead
 from prae.model.module import ModelConfig, QuantileLSTM
 
 BUILTIN_CHECKPOINT = "pretrained.pt"
@@ -30,6 +31,11 @@ class Predictor:
     Attributes: ``window_steps`` (history length trained on), ``horizon_steps`` (steps
     emitted), ``quantiles`` (== prae.resources.QUANTILES), ``version`` (short hash of
     the weights and config; changes whenever the weights change), ``metadata``.
+
+    With a ``median_head`` (``prae.model.median_head``) the served q0.5 is the head's,
+    the other quantiles the LSTM's (re-sorted, so they stay monotone). Fine-tuning
+    (``training.fit``) trains both, and the champion/challenger losses (``window_losses``)
+    score the quantiles as served; ``save`` writes both.
     """
 
     def __init__(
@@ -37,11 +43,15 @@ class Predictor:
         module: QuantileLSTM,
         device: str = "cpu",
         metadata: dict[str, Any] | None = None,
+        median_head: MedianHead | None = None,
     ) -> None:
         self._module = module.to(device)
         self._module.eval()
         self.device = device
         self.metadata: dict[str, Any] = dict(metadata or {})
+        self._median_head: MedianHead | None = None
+        if median_head is not None:
+            self.set_median_head(median_head)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -57,10 +67,14 @@ class Predictor:
     @classmethod
     def load(cls, path: str | os.PathLike[str], device: str = "cpu") -> Predictor:
         """Load a checkpoint; CheckpointError on missing/corrupt/wrong shape (says the fix)."""
-        config, state, metadata = load_checkpoint(path)
-        module = QuantileLSTM(config)
-        module.load_state_dict(state)
-        return cls(module, device=device, metadata=metadata)
+        contents = load_checkpoint(path)
+        module = QuantileLSTM(contents.config)
+        module.load_state_dict(contents.state)
+        head = None
+        if contents.median_head_config is not None and contents.median_head_state is not None:
+            head = MedianHead(contents.median_head_config)
+            head.load_state_dict(contents.median_head_state)
+        return cls(module, device=device, metadata=contents.metadata, median_head=head)
 
     @classmethod
     def builtin(cls, device: str = "cpu") -> Predictor:
@@ -70,12 +84,29 @@ class Predictor:
     def save(self, path: str | os.PathLike[str], metadata: dict[str, Any] | None = None) -> None:
         """Write a checkpoint atomically (temporary file + rename)."""
         meta = {**self.metadata, **(metadata or {})}
-        save_checkpoint(path, self.config, self._module.state_dict(), meta)
+        save_checkpoint(path, self.config, self._module.state_dict(), meta, self._median_head)
+
+    def set_median_head(self, head: MedianHead | None) -> None:
+        """Serve ``head``'s median as q0.5 from now on (None: the LSTM's own again)."""
+        if head is not None:
+            c = head.config
+            if (c.window_steps, c.horizon_steps, c.n_resources) != (
+                self.window_steps,
+                self.horizon_steps,
+                self.config.n_resources,
+            ):
+                raise ValueError(f"median head {c} does not match the LSTM's {self.config}")
+            head = head.to(self.device).eval()
+        self._median_head = head
 
     # ------------------------------------------------------------------ properties
     @property
     def module(self) -> QuantileLSTM:
         return self._module
+
+    @property
+    def median_head(self) -> MedianHead | None:
+        return self._median_head
 
     @property
     def config(self) -> ModelConfig:
@@ -99,6 +130,11 @@ class Predictor:
         for k, v in self._module.state_dict().items():
             h.update(k.encode())
             h.update(v.detach().cpu().contiguous().numpy().tobytes())
+        if self._median_head is not None:  # a predictor without one keeps its old version
+            h.update(repr(sorted(self._median_head.config.to_dict().items())).encode())
+            for k, v in self._median_head.state_dict().items():
+                h.update(f"median_head.{k}".encode())
+                h.update(v.detach().cpu().contiguous().numpy().tobytes())
         return h.hexdigest()[:12]
 
     # ------------------------------------------------------------------ inference
@@ -111,7 +147,7 @@ class Predictor:
             progress-aligned by the caller.
         returns: shape (B, horizon_steps, 4, len(quantiles)) float32 raw units, >= 0,
             non-decreasing along the quantile axis. A resource never observed in a
-            window is forecast as 0.
+            window is forecast as 0. With a median head, q0.5 is the head's median.
         """
         live = np.asarray(live, dtype=np.float32)
         if live.ndim != 3 or live.shape[2] != self.config.n_resources:
@@ -132,6 +168,7 @@ class Predictor:
             (b, self.horizon_steps, self.config.n_resources, len(self.quantiles)), np.float32
         )
         self._module.eval()
+        i50 = self.quantiles.index(0.5)
         with torch.no_grad():
             for lo in range(0, b, _CHUNK):
                 hi = min(b, lo + _CHUNK)
@@ -142,6 +179,12 @@ class Predictor:
                     else None
                 )
                 out[lo:hi] = self._forward_raw(x, s).cpu().numpy()
+                if self._median_head is not None:
+                    median = self._median_head(x).cpu().numpy()
+                    lstm = out[lo:hi, ..., i50]
+                    out[lo:hi, ..., i50] = np.where(np.isnan(median), lstm, median)
+        if self._median_head is not None:
+            out.sort(axis=-1)  # the head's median may fall outside the LSTM's q0.1..q0.9
         return out
 
     def _forward_raw(self, live: torch.Tensor, shadow: torch.Tensor | None) -> torch.Tensor:

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from prae.model.features import build_features, to_model_space
+from prae.model.features import build_features, ratio_to_model_space, to_model_space
+from prae.model.median_head import summary_features
 from prae.model.predictor import Predictor
 
 
@@ -204,10 +205,27 @@ def _batch_loss(
     yt = torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32)).to(device)
     features, scale, present, last = build_features(lt, st)
     z_pred = predictor.module(features, last)
+    if predictor.median_head is not None:
+        z_pred = _with_head_median(z_pred, predictor, lt, scale)
     z_true = to_model_space(yt, scale, predictor.config.target_space)
     mask = ~torch.isnan(yt) & present[:, None, :]
     weight = level_weights(scale, present, level_power) if level_power > 0 else None
     return pinball_loss(z_pred, z_true, mask, q, weight, per_window)
+
+
+def _with_head_median(
+    z_pred: torch.Tensor, predictor: Predictor, live: torch.Tensor, scale: torch.Tensor
+) -> torch.Tensor:
+    """The quantiles as served, in model space: the LSTM's, with q0.5 the median head's
+    (moved from the head's window scale to the LSTM's), so a fine-tune trains the served
+    median and the champion/challenger losses judge it."""
+    head = predictor.median_head
+    assert head is not None
+    inputs, head_scale, _ = summary_features(live)
+    ratio = head.scaled_medians(inputs) * (head_scale / scale)[:, None, :]
+    median = ratio_to_model_space(ratio.clamp(min=0), predictor.config.target_space)
+    i50 = predictor.quantiles.index(0.5)
+    return torch.cat([z_pred[..., :i50], median[..., None], z_pred[..., i50 + 1 :]], dim=-1)
 
 
 def _truncate_history(live: np.ndarray, rng: np.random.Generator, prob: float) -> np.ndarray:
@@ -242,6 +260,8 @@ def fit(
     level_power: float | None = None,
 ) -> dict[str, float]:
     """Fine-tune ``predictor`` in place with pinball loss; deterministic for ``seed``.
+    With a median head, the loss is that of the served quantiles (q0.5 the head's) and
+    the head is trained with the LSTM.
 
     samples_per_epoch: windows drawn per epoch (default: all training windows).
     val_fraction: share of windows held out (chosen by ``seed``) for ``val_loss``; with
@@ -275,6 +295,11 @@ def fit(
     else:
         val_idx, train_idx = perm, perm
     module = predictor.module.to(device)
+    head = predictor.median_head
+    if head is not None:
+        head.to(device)
+    # the served median is the head's where there is one: a fine-tune trains it too
+    params = list(module.parameters()) + (list(head.parameters()) if head is not None else [])
     predictor.device = device
     q = torch.tensor(predictor.quantiles, dtype=torch.float32, device=device)
     per_epoch = (
@@ -286,7 +311,7 @@ def fit(
     deadline = None if max_seconds is None else time.monotonic() + max_seconds
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        opt = torch.optim.Adam(module.parameters(), lr=lr)
+        opt = torch.optim.Adam(params, lr=lr)
         sched = (
             torch.optim.lr_scheduler.LambdaLR(
                 opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))
@@ -298,6 +323,8 @@ def fit(
         step = 0
         for epoch in range(epochs):
             module.train()
+            if head is not None:
+                head.train()
             order = rng.permutation(train_idx)[:per_epoch]
             total, count = 0.0, 0
             for lo in range(0, per_epoch, batch_size):
@@ -307,7 +334,7 @@ def fit(
                 loss = _batch_loss(predictor, live, shadow, y, q, device, level_power)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
                 opt.step()
                 if sched is not None:
                     sched.step()
@@ -325,6 +352,8 @@ def fit(
             if deadline is not None and time.monotonic() > deadline:
                 break
         module.eval()
+        if head is not None:
+            head.eval()
         if val_fraction > 0 or epochs == 0:
             val_loss = evaluate(
                 predictor, windows, val_idx, device=device, batch_size=4 * batch_size
