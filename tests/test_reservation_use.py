@@ -18,6 +18,8 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 import ray  # noqa: E402
 from ray.util.placement_group import placement_group_table  # noqa: E402
 
+from prae.config import AllocatorSpec  # noqa: E402
+from prae.engine.actors import ALLOCATOR_ACTOR_OPTIONS, AllocatorService  # noqa: E402
 from prae.engine.broker import ReservationBroker  # noqa: E402
 from prae.engine.ray_backends import RayPlacementBackend  # noqa: E402
 from prae.engine.reservations_use import ReservationPlacer, reservation_groups, strategy_into  # noqa: E402
@@ -264,3 +266,34 @@ def test_a_ramping_workload_is_consolidated_on_ray_without_holding_less():
     assert held[-1] == pytest.approx(3.0)
     assert len(live_names(PREFIX)) == len(broker.slices["ramp"]) <= MAX_SLICES
     broker.release_all(now=20.0)
+
+
+class SlowAllocator(AllocatorService):
+    """The allocator actor's class, with time after ``apply`` has done its work and before
+    it returns: the window in which this test kills it."""
+
+    def apply(self, requests, now):  # type: ignore[no-untyped-def]
+        held = super().apply(requests, now)
+        time.sleep(1.0)
+        return held
+
+
+def test_an_allocator_killed_mid_call_is_restarted_and_the_call_returns_without_duplicates():
+    actor = ray.remote(**ALLOCATOR_ACTOR_OPTIONS)(SlowAllocator).remote(
+        AllocatorSpec(), PREFIX, own_floor=False
+    )
+    ray.get(actor.records.remote())  # constructed
+    call = actor.apply.remote([req("svc", 2)], 1.0)
+    time.sleep(0.5)  # inside the sleep: the groups are made, the call has not returned
+    made = live_names(PREFIX)
+    assert len(made) == 1, made
+    ray.kill(actor, no_restart=False)
+    held = ray.get(call, timeout=60)  # run again on the restarted actor, not RayActorError
+    assert held["svc"][0] == 2.0, held
+    # the restarted broker adopted the group the killed call made instead of making another
+    assert live_names(PREFIX) == made
+    assert ray.get(actor.leaked_removed.remote()) == 0
+    ray.get(actor.release_all.remote(2.0))
+    time.sleep(0.5)
+    assert live_names(PREFIX) == set()
+    ray.kill(actor)

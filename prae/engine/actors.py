@@ -214,9 +214,18 @@ class WorkloadSupervisor:
             ray.kill(self.live)
 
 
-@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)
-class AllocatorActor(BrokerAllocator):
-    """Named and restartable: a restarted allocator removes the groups its predecessor left."""
+# Restarted without limit, and a call in flight when it died is run again on the restarted
+# actor (at-least-once): every method is idempotent. ``apply`` states the whole desired set
+# of reservations, and a restarted broker adopts the groups its predecessor made (by name),
+# so a call that had already created groups finds them instead of making them twice;
+# ``release``/``release_all`` of what is gone are no-ops. Before, an in-flight call raised
+# RayActorError in the engine's loop and the run stopped.
+ALLOCATOR_ACTOR_OPTIONS: dict[str, Any] = {"num_cpus": 0, "max_restarts": -1, "max_task_retries": -1}
+
+
+class AllocatorService(BrokerAllocator):
+    """The allocator actor's class (``AllocatorActor`` is it on Ray): named and restartable;
+    a restarted allocator adopts the groups its predecessor left, removes unclaimed ones."""
 
     def __init__(self, spec: AllocatorSpec, prefix: str, own_floor: bool = True) -> None:
         super().__init__(
@@ -237,3 +246,6 @@ class AllocatorActor(BrokerAllocator):
 
     def leaked_removed(self) -> int:
         return self.broker.leaked_removed
+
+
+AllocatorActor = ray.remote(**ALLOCATOR_ACTOR_OPTIONS)(AllocatorService)
