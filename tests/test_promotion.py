@@ -167,3 +167,18 @@ def test_retraining_holds_out_each_workloads_newest_rows_of_the_store(tmp_path) 
     assert len(data.train) == (80 + w - 1 - w - h + 1) + (48 + w - 1 - w - h + 1)
     none = windows_from_store(store, w, h, 5)  # no holdout: every window trains
     assert none.holdout is None and len(none.train) == len(data.train) + len(data.holdout)
+
+
+def test_the_run_summary_gives_each_verdicts_losses_or_why_there_were_none() -> None:
+    from prae.engine.summary import RunSummary, format_table
+
+    rule = PromotionRule()
+    rng = np.random.default_rng(0)
+    champion = 1.0 + rng.random(40)
+    judged = judge(compare(champion, champion - 0.5), rule)
+    empty = judge(compare(np.zeros(0), np.zeros(0)), rule)
+    results = [{"promote": v.promote, "verdict": v.as_dict()} for v in (judged, empty)]
+    text = format_table(RunSummary((), 1, ("a",), 1, {"retrain_results": results}))
+    line = next(x for x in text.splitlines() if x.startswith("retrained models promoted"))
+    assert f"yes: {judged.challenger_loss:.3f} vs {judged.champion_loss:.3f} held out" in line
+    assert f"no: {empty.reason}" in line and "nan" not in line

@@ -118,6 +118,15 @@ def summarise_workload(
     )
 
 
+def _verdict_text(result: Mapping[str, Any]) -> str:
+    """One retraining's verdict: its held-out losses, or why there were none to compare."""
+    v = result["verdict"]
+    said = "yes" if result["promote"] else "no"
+    if math.isfinite(v["challenger_loss"]) and math.isfinite(v["champion_loss"]):
+        return f"{said}: {v['challenger_loss']:.3f} vs {v['champion_loss']:.3f} held out"
+    return f"{said}: {v['reason']}"
+
+
 def format_table(summary: RunSummary) -> str:
     gib = 1024**3
     head = (
@@ -145,11 +154,7 @@ def format_table(summary: RunSummary) -> str:
     if judged:  # champion/challenger: why a retrained model was or was not served
         lines.append(
             f"retrained models promoted: {sum(bool(r['promote']) for r in judged)} of {len(judged)} ("
-            + "; ".join(
-                f"{'yes' if r['promote'] else 'no'}: {r['verdict']['challenger_loss']:.3f} vs "
-                f"{r['verdict']['champion_loss']:.3f} held out"
-                for r in judged
-            )
+            + "; ".join(_verdict_text(r) for r in judged)
             + ")"
         )
     for w in summary.workloads:

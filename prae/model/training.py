@@ -216,9 +216,9 @@ def _batch_loss(
 def _with_head_median(
     z_pred: torch.Tensor, predictor: Predictor, live: torch.Tensor, scale: torch.Tensor
 ) -> torch.Tensor:
-    """The quantiles as served, in model space: the LSTM's, with q0.5 the median head's
-    (moved from the head's window scale to the LSTM's), so a fine-tune trains the served
-    median and the champion/challenger losses judge it."""
+    """The quantiles as served (before ``predict`` re-sorts them), in model space: the
+    LSTM's, with q0.5 the median head's (moved from the head's window scale to the LSTM's),
+    so a fine-tune trains the served median and the champion/challenger losses judge it."""
     head = predictor.median_head
     assert head is not None
     inputs, head_scale, _ = summary_features(live)
