@@ -146,7 +146,7 @@ def periodic_series(n: int, seed: int) -> np.ndarray:
     return (saw[:, None] * level * rng.lognormal(0, 0.05, size=(n, 4))).astype(np.float32)
 
 
-def test_training_learns_what_the_last_value_misses_and_fine_tuning_leaves_it() -> None:
+def test_training_learns_what_the_last_value_misses() -> None:
     train = [windows_from_series(periodic_series(400, s), None, W, H, 2) for s in range(12)]
     windows = concat_windows(train)
     validation = concat_windows([windows_from_series(periodic_series(300, 99), None, W, H)])
