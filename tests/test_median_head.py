@@ -180,7 +180,7 @@ def test_fine_tuning_trains_and_judges_the_served_median() -> None:
     )
     head_params = [t.clone() for t in p.median_head.parameters()]  # type: ignore[union-attr]
     before = evaluate(p, windows, index)
-    fit(p, windows, epochs=2, lr=1e-2, batch_size=64, val_fraction=0.0)
+    fit(p, windows, epochs=2, lr=1e-2, batch_size=64, val_fraction=0.0, level_power=1.0)
     moved = [
         not torch.equal(a, b)
         for a, b in zip(head_params, p.median_head.parameters(), strict=True)  # type: ignore[union-attr]
@@ -221,3 +221,22 @@ def test_head_training_data_split_and_padding() -> None:
     assert (~np.isnan(live[0])).all(axis=1).sum() == 1
     np.testing.assert_array_equal(live[0, -1], S.values[0])
     np.testing.assert_array_equal(y[1, -1], S.values[-1])
+
+
+def test_per_level_weights_weigh_each_quantile_and_default_to_the_windows() -> None:
+    from prae.model.training import pinball_loss
+
+    rng = np.random.default_rng(5)
+    z_pred = torch.from_numpy(rng.random((3, 2, 4, 5)).astype(np.float32))
+    z_true = torch.from_numpy(rng.random((3, 2, 4)).astype(np.float32))
+    mask = torch.from_numpy(rng.random((3, 2, 4)) > 0.2)
+    q = torch.tensor(QUANTILES)
+    w = torch.from_numpy(rng.random((3, 4)).astype(np.float32) + 0.5)
+    same = pinball_loss(z_pred, z_true, mask, q, w[..., None].repeat(1, 1, 5))
+    assert same.item() == pytest.approx(pinball_loss(z_pred, z_true, mask, q, w).item(), rel=1e-6)
+    # weight only the median: the loss is the masked mean of its pinball alone
+    only = torch.zeros(3, 4, 5)
+    only[..., I50] = 1.0
+    diff = z_true - z_pred[..., I50]
+    expected = (0.5 * diff.abs())[mask].mean()
+    assert pinball_loss(z_pred, z_true, mask, q, only).item() == pytest.approx(expected.item(), rel=1e-5)

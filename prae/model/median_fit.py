@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from prae.model.features import MAX_TARGET_RATIO
-from prae.model.median_head import MedianHead, summary_features
+from prae.model.median_head import MEDIAN_LEVEL_POWER, MedianHead, summary_features
 from prae.model.training import TrainingWindows, level_weights
 
 _STATS_WINDOWS = 200_000  # windows sampled for the inputs' mean and standard deviation
@@ -78,7 +78,7 @@ def fit_median_head(
     lr: float = 2e-3,
     batch_size: int = 4096,
     seed: int = 0,
-    level_power: float = 0.5,
+    level_power: float = MEDIAN_LEVEL_POWER,
     select_horizon: int = 3,
     log: Any = None,
 ) -> dict[str, Any]:

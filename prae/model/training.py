@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from prae.model.features import build_features, ratio_to_model_space, to_model_space
-from prae.model.median_head import summary_features
+from prae.model.median_head import MEDIAN_LEVEL_POWER, summary_features
 from prae.model.predictor import Predictor
 
 
@@ -153,16 +153,17 @@ def pinball_loss(
 
     z_pred: shape (B, H, R, Q); z_true: shape (B, H, R) (NaN allowed where mask is
     False); mask: shape (B, H, R) bool; quantiles: shape (Q,); weight: shape (B, R)
-    per window and resource (see ``level_weights``) or None (all 1).
+    per window and resource (see ``level_weights``), (B, R, Q) per level too, or None
+    (all 1).
     """
     diff = torch.where(mask, z_true, torch.zeros_like(z_true))[..., None] - z_pred
     loss = torch.maximum(quantiles * diff, (quantiles - 1) * diff)
-    m = mask[..., None].to(loss.dtype)
+    m = mask[..., None].to(loss.dtype).expand_as(loss)
     if weight is not None:
-        m = m * weight[:, None, :, None]
+        m = m * (weight[:, None, :, None] if weight.dim() == 2 else weight[:, None])
     if per_window:
-        return (loss * m).sum(dim=(1, 2, 3)) / (m.sum(dim=(1, 2, 3)) * quantiles.numel()).clamp(min=1e-12)
-    return (loss * m).sum() / (m.sum() * quantiles.numel()).clamp(min=1e-12)
+        return (loss * m).sum(dim=(1, 2, 3)) / m.sum(dim=(1, 2, 3)).clamp(min=1e-12)
+    return (loss * m).sum() / m.sum().clamp(min=1e-12)
 
 
 def level_weights(
@@ -209,7 +210,16 @@ def _batch_loss(
         z_pred = _with_head_median(z_pred, predictor, lt, scale)
     z_true = to_model_space(yt, scale, predictor.config.target_space)
     mask = ~torch.isnan(yt) & present[:, None, :]
-    weight = level_weights(scale, present, level_power) if level_power > 0 else None
+    weight = None
+    if level_power > 0:
+        weight = level_weights(scale, present, level_power)
+        if predictor.median_head is not None:
+            # the head's median keeps the weighting it was pretrained with (power 1 from
+            # scratch collapsed it to the last value), the LSTM's levels theirs
+            weight = weight[..., None].repeat(1, 1, len(predictor.quantiles))
+            weight[..., predictor.quantiles.index(0.5)] = level_weights(
+                scale, present, MEDIAN_LEVEL_POWER
+            )
     return pinball_loss(z_pred, z_true, mask, q, weight, per_window)
 
 
@@ -260,8 +270,8 @@ def fit(
     level_power: float | None = None,
 ) -> dict[str, float]:
     """Fine-tune ``predictor`` in place with pinball loss; deterministic for ``seed``.
-    With a median head, the loss is that of the served quantiles (q0.5 the head's) and
-    the head is trained with the LSTM.
+    With a median head, the loss is that of the served quantiles (q0.5 the head's, weighted
+    with ``MEDIAN_LEVEL_POWER``) and the head is trained with the LSTM.
 
     samples_per_epoch: windows drawn per epoch (default: all training windows).
     val_fraction: share of windows held out (chosen by ``seed``) for ``val_loss``; with
