@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -26,13 +27,13 @@ from prae.model.median_head import MedianHead, MedianHeadConfig
 from prae.model.predictor import Predictor
 from prae.model.training import TrainingWindows, concat_windows, windows_from_series
 from prae.traces.series import Series
+from train.pretrain import DEFAULT_TRACES, bitbrains_vm_number, load_training_series
 
 VALIDATION_VMS = range(251, 301)  # Bitbrains training VMs the head picks its epochs on
 
 
 def is_validation_series(series_id: str) -> bool:
-    source, _, stem = series_id.partition(":")
-    return source == "bitbrains" and stem.isdigit() and int(stem) in VALIDATION_VMS
+    return bitbrains_vm_number(series_id) in VALIDATION_VMS
 
 
 def padded_windows(
@@ -58,7 +59,7 @@ def train_median_head(
     epochs: int = 8,
     stride: int = 2,
     batch_size: int = 4096,
-    log: object = print,
+    log: Callable[[str], object] | None = print,
 ) -> dict[str, object]:
     """Fit a head for ``predictor`` and attach it; returns the metrics."""
     fit_series = [s for s in series if not is_validation_series(s.series_id)]
@@ -85,8 +86,6 @@ def train_median_head(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from train.pretrain import DEFAULT_TRACES, load_training_series
-
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -29,10 +29,16 @@ from prae.traces.series import Series
 DEFAULT_TRACES = Path(__file__).resolve().parents[1].parent / "shared" / "traces"
 
 
+def bitbrains_vm_number(series_id: str) -> int | None:
+    """The VM number of a Bitbrains series id (``bitbrains:17`` -> 17); None for others."""
+    source, _, stem = series_id.partition(":")
+    return int(stem) if source == "bitbrains" and stem.isdigit() else None
+
+
 def is_heldout_bitbrains(series_id: str) -> bool:
     """Held-out rule: Bitbrains VM numbers that are multiples of 5 (5, 10, ..., 500)."""
-    stem = series_id.rsplit(":", 1)[-1]
-    return stem.isdigit() and int(stem) % 5 == 0
+    vm = bitbrains_vm_number(series_id)
+    return vm is not None and vm % 5 == 0
 
 
 def load_training_series(traces: Path, step_s: float, with_others: bool) -> dict[str, list[Series]]:

@@ -15,6 +15,7 @@ reported as a ratio to the last value's WAPE on the same windows.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -80,7 +81,7 @@ def fit_median_head(
     seed: int = 0,
     level_power: float = MEDIAN_LEVEL_POWER,
     select_horizon: int = 3,
-    log: Any = None,
+    log: Callable[[str], object] | None = None,
 ) -> dict[str, Any]:
     """Train every resource's MLP on ``windows`` (one-cycle Adam), keep each one's best
     epoch on ``validation``. Deterministic for ``seed`` on a given torch build and thread
