@@ -117,11 +117,7 @@ def _load_median_head(
         head_config = MedianHeadConfig.from_dict(entry["config"])
     except Exception as e:
         raise CheckpointError(f"{path}: invalid median head config ({e}). Fix: {_FIX}") from e
-    if (head_config.window_steps, head_config.horizon_steps, head_config.n_resources) != (
-        config.window_steps,
-        config.horizon_steps,
-        config.n_resources,
-    ):
+    if not head_config.fits(config):
         raise CheckpointError(
             f"{path}: the median head's window/horizon/resources {head_config} do not match "
             f"the LSTM's {config}. Fix: {_FIX}"

@@ -24,11 +24,15 @@ the last layer starts at zero, so an untrained head is the last value.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from prae.model.features import N_RESOURCES
+
+if TYPE_CHECKING:
+    from prae.model.module import ModelConfig
 
 MEAN_SPANS: tuple[int, ...] = (3, 6, 12, 24, 48)
 MEDIAN_SPANS: tuple[int, ...] = (3, 6, 12, 48)
@@ -56,6 +60,14 @@ class MedianHeadConfig:
             raise ValueError(f"window_steps must be at least 48, got {self.window_steps}")
         if self.horizon_steps < 1 or self.hidden_size < 1 or self.n_resources < 1:
             raise ValueError(f"horizon_steps, hidden_size and n_resources must be >= 1: {self}")
+
+    def fits(self, model: ModelConfig) -> bool:
+        """Whether this head can serve next to an LSTM of ``model``'s shape."""
+        return (self.window_steps, self.horizon_steps, self.n_resources) == (
+            model.window_steps,
+            model.horizon_steps,
+            model.n_resources,
+        )
 
     @property
     def n_inputs(self) -> int:

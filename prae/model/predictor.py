@@ -89,13 +89,8 @@ class Predictor:
     def set_median_head(self, head: MedianHead | None) -> None:
         """Serve ``head``'s median as q0.5 from now on (None: the LSTM's own again)."""
         if head is not None:
-            c = head.config
-            if (c.window_steps, c.horizon_steps, c.n_resources) != (
-                self.window_steps,
-                self.horizon_steps,
-                self.config.n_resources,
-            ):
-                raise ValueError(f"median head {c} does not match the LSTM's {self.config}")
+            if not head.config.fits(self.config):
+                raise ValueError(f"median head {head.config} does not match the LSTM's {self.config}")
             head = head.to(self.device).eval()
         self._median_head = head
 
