@@ -80,8 +80,10 @@ class WalkTelemetry:
 class TimedModel:
     """The shipped model in-process, timing its inference."""
 
-    def __init__(self) -> None:
+    def __init__(self, median_head: bool = True) -> None:
         self.predictor = Predictor.builtin()
+        if not median_head:
+            self.predictor.set_median_head(None)
         self.version = self.predictor.version
         self.window_steps = self.predictor.window_steps
         self.horizon_steps = self.predictor.horizon_steps
@@ -113,7 +115,7 @@ class GrantAll:
         return []
 
 
-def measure(n: int, ticks: int, warm: int, seed: int) -> dict[str, float]:
+def measure(n: int, ticks: int, warm: int, seed: int, median_head: bool = True) -> dict[str, float]:
     names = [f"w{i:05d}" for i in range(n)]
     root = tempfile.mkdtemp(prefix="prae-tick-")
     cfg = parse_config(
@@ -125,7 +127,7 @@ def measure(n: int, ticks: int, warm: int, seed: int) -> dict[str, float]:
         "bench.yaml",
     )
     clock = Clock()
-    model = TimedModel()
+    model = TimedModel(median_head)
     store = FeedbackStore(cfg.run.store_dir)
     broker = ReservationBroker(GrantAll(), None, "bench-")
     loop = EngineLoop(
@@ -189,10 +191,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ticks", type=int, default=10, help="timed ticks per count")
     ap.add_argument("--warm", type=int, default=30, help="untimed ticks first (history, resolved forecasts)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--without-median-head",
+        action="store_true",
+        help="serve the LSTM's own q0.5 (the shipped median head set aside)",
+    )
     args = ap.parse_args(argv)
     results = []
     for n in (int(x) for x in args.workloads.split(",")):
-        r = measure(n, args.ticks, args.warm, args.seed)
+        r = measure(n, args.ticks, args.warm, args.seed, not args.without_median_head)
         results.append(r)
         print(
             f"{n:5d} workloads: tick {r['tick_ms']:7.1f} ms, slowest {r['slowest_tick_ms']:7.1f} ms "
