@@ -6,8 +6,9 @@ Reads the checkpoint, trains a head for its window and horizon on the same train
 series as ``train.pretrain`` (Bitbrains VMs not held out, Alibaba, Google), keeps each
 resource's best epoch on 40 of those Bitbrains VMs (numbers 251..300; the head does not
 train on them), and writes the checkpoint back with the head (the LSTM's weights are
-unchanged). ``train.pretrain`` runs this at its end, so its one command reproduces the
-shipped file. Deterministic for ``--seed`` on a given torch build and thread count.
+unchanged). ``train.pretrain`` runs the same training at its end. Deterministic for
+``--seed`` on a given torch build and thread count: run on the shipped checkpoint it
+writes the shipped head bit for bit.
 """
 
 from __future__ import annotations

@@ -158,12 +158,19 @@ def pinball_loss(
     """
     diff = torch.where(mask, z_true, torch.zeros_like(z_true))[..., None] - z_pred
     loss = torch.maximum(quantiles * diff, (quantiles - 1) * diff)
-    m = mask[..., None].to(loss.dtype).expand_as(loss)
-    if weight is not None:
-        m = m * (weight[:, None, :, None] if weight.dim() == 2 else weight[:, None])
+    m = mask[..., None].to(loss.dtype)
+    if weight is not None and weight.dim() == 3:  # per level: m becomes (B, H, R, Q)
+        m = m * weight[:, None]
+        levels = 1
+    else:
+        # m stays (B, H, R, 1), each entry standing for every level: the arithmetic the
+        # shipped LSTM was trained with, unchanged
+        if weight is not None:
+            m = m * weight[:, None, :, None]
+        levels = quantiles.numel()
     if per_window:
-        return (loss * m).sum(dim=(1, 2, 3)) / m.sum(dim=(1, 2, 3)).clamp(min=1e-12)
-    return (loss * m).sum() / m.sum().clamp(min=1e-12)
+        return (loss * m).sum(dim=(1, 2, 3)) / (m.sum(dim=(1, 2, 3)) * levels).clamp(min=1e-12)
+    return (loss * m).sum() / (m.sum() * levels).clamp(min=1e-12)
 
 
 def level_weights(
