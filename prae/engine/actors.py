@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from prae.config import AllocatorSpec, WorkloadSpec
 from prae.engine.broker import BrokerAllocator, ReservationBroker
 from prae.engine.ray_backends import RayCapacityFloor, RayPlacementBackend
-from prae.telemetry.sample import TelemetrySample
+from prae.engine.sampling import SamplingThread
 from prae.workloads.curve import SAMPLE_INTERVAL_ENV
 from prae.workloads.history import plays_history
 from prae.workloads.process import WorkloadProcess
@@ -34,7 +33,7 @@ log = logging.getLogger(__name__)
 
 @ray.remote(num_cpus=0, max_restarts=0)
 class WorkloadHost:
-    """Samples one workload process every ``interval_s`` and buffers the samples."""
+    """Runs one workload process and samples it every ``interval_s`` (``SamplingThread``)."""
 
     def __init__(
         self,
@@ -53,47 +52,18 @@ class WorkloadHost:
             path.write_bytes(history)
             env[HISTORY_ENV] = str(path)
         self.proc = WorkloadProcess(spec, role, workdir, seed=seed, env=env)  # type: ignore[arg-type]
-        self.interval_s = interval_s
-        self.samples: list[TelemetrySample] = []
-        self.lock = threading.Lock()
-        self.stopped = threading.Event()
-        self.error: str | None = None
-        self.thread: threading.Thread | None = None
+        self.sampling = SamplingThread(self.proc, interval_s)
 
     def start(self) -> int | None:
         self.proc.start()
-        self.thread = threading.Thread(target=self._sample_loop, name="prae-sampler", daemon=True)
-        self.thread.start()
+        self.sampling.start()
         return self.proc.pid
 
-    def _sample_loop(self) -> None:
-        next_at = time.monotonic()
-        while not self.stopped.is_set():
-            try:
-                sample = self.proc.sample()
-                with self.lock:
-                    self.samples.append(sample)
-            except Exception as exc:  # a vanished process between checks: the exit code tells
-                self.error = repr(exc)
-            if self.proc.exit_code() is not None:
-                return
-            next_at += self.interval_s
-            self.stopped.wait(max(0.0, next_at - time.monotonic()))
-
     def drain(self) -> dict[str, Any]:
-        with self.lock:
-            samples, self.samples = self.samples, []
-        code = self.proc.exit_code()
-        return {
-            "samples": samples,
-            "exit_code": code,
-            "result": self.proc.result() if code is not None else None,
-            "cost_cpu_seconds": self.proc.cost_cpu_seconds,
-            "error": self.error,
-        }
+        return self.sampling.drain()
 
     def stop(self) -> None:
-        self.stopped.set()
+        self.sampling.stop()
         self.proc.stop()
 
 
