@@ -11,6 +11,7 @@ import pytest
 from prae.config import parse_config
 from prae.engine.broker import BrokerAllocator, ReservationBroker
 from prae.engine.loop import EngineLoop, ForecastBatch, Polled
+from prae.engine.tick_timing import timing_text
 from prae.engine.tracker import RoleStatus
 from prae.resources import QUANTILES, RESOURCES
 from prae.store.feedback import FeedbackStore
@@ -625,3 +626,43 @@ def test_the_peak_from_kept_block_maxima_equals_scanning_the_window():
             np.testing.assert_array_equal(s.peak(seconds), np.where(np.isfinite(top), top, np.nan))
             checked += 1
     assert checked > 100
+
+
+class StallingTelemetry(ScriptedTelemetry):
+    """'steps' sends no sample on ticks 8-11 (its sampler is stuck), and the poll at tick 8
+    takes 2.5 s."""
+
+    def poll(self) -> dict[str, Polled]:
+        out = super().poll()
+        if 8 <= self.t <= 11:
+            out["steps"] = Polled(live_status=out["steps"].live_status, shadow_status=out["steps"].shadow_status)
+        if self.t == 8:
+            self.clock.advance(2.5)
+        return out
+
+
+def test_a_workload_without_a_new_sample_gets_no_repeated_forecast_and_slow_ticks_are_counted(tmp_path):
+    clock = FakeClock()
+    cfg = config(tmp_path)
+    telemetry = StallingTelemetry(clock)
+    store = FeedbackStore(cfg.run.store_dir)
+    broker = ReservationBroker(FakePlacementBackend(capacity=16), None, "t-")
+    loop = EngineLoop(
+        cfg, telemetry, OracleForecaster(telemetry), BrokerAllocator(broker), store, clock=clock, timer=clock
+    )
+    loop.run(sleep=clock.advance)
+    fc = store.read("forecasts")
+    cpu = fc.filter(np.array(fc.column("resource").to_pylist()) == "cpu")
+    names = np.array(cpu.column("workload").to_pylist())
+    issued = np.array(cpu.column("issued_at").to_pylist())
+    for name in ("steady", "steps"):
+        times = issued[names == name]
+        assert len(times) == len(set(times.tolist())), name  # one forecast per live sample at most
+    # 'steady' was forecast at every tick from its third sample on; 'steps' missed its 4 ticks
+    assert (names == "steady").sum() == 30 - 2
+    assert (names == "steps").sum() == 30 - 2 - 4
+    timing = loop.timing.summary()
+    assert timing["ticks"] == loop.ticks and timing["late"] == 1
+    assert timing["max_s"] == pytest.approx(2.5) and timing["phase_max_s"]["poll"] == pytest.approx(2.5)
+    line = timing_text(timing)
+    assert "1 longer than the interval" in line and "slowest phase: poll, 2.500 s" in line

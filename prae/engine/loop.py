@@ -24,6 +24,7 @@ import numpy as np
 
 from prae.config import PraeConfig, WorkloadSpec
 from prae.engine.choices import choice_rows, latest_choice
+from prae.engine.tick_timing import TickTiming
 from prae.engine.tracker import (
     LearningState,
     PendingForecast,
@@ -130,7 +131,9 @@ class EngineLoop:
         retrainer: Retrainer | None = None,
         clock: Callable[[], float] = time.time,
         flush_every: int = 5,
+        timer: Callable[[], float] = time.perf_counter,
     ) -> None:
+        """``clock``: the time forecasts are stamped with; ``timer``: what times the ticks."""
         self.config = config
         self.telemetry = telemetry
         self.forecaster = forecaster
@@ -168,17 +171,24 @@ class EngineLoop:
         self.last_retrain_at = self.started_at
         self.retrain_runs = 0
         self.fallback_ticks = 0
+        self.timing = TickTiming(config.run.interval_s, timer)
 
     # ------------------------------------------------------------------ the tick
 
     def tick(self) -> bool:
         """Run one tick; returns whether any workload is still running."""
         now = self.clock()
-        self._poll()
-        self._resolve()
+        t0 = self.timing.clock()
+        with self.timing.phase("poll"):
+            self._poll()
+        with self.timing.phase("resolve"):
+            self._resolve()
         self._forecast_and_allocate(now)
-        self._release_finished(now)
-        self._learn(now)
+        with self.timing.phase("release"):
+            self._release_finished(now)
+        with self.timing.phase("learn"):
+            self._learn(now)
+        self.timing.add_tick(self.timing.clock() - t0)
         self.ticks += 1
         if self.ticks % self.flush_every == 0:
             self.store.start_flush()  # on a thread: the tick does not wait for the disk
@@ -217,7 +227,8 @@ class EngineLoop:
         windows = [t.window(steps, run.horizon_steps) for t in running]
         live = np.stack([w[0] for w in windows]).astype(np.float32)
         shadow = np.stack([w[1] for w in windows]).astype(np.float32)
-        batch = self.forecaster.forecast(live, shadow)
+        with self.timing.phase("forecast"):
+            batch = self.forecaster.forecast(live, shadow)
         if batch.source != "model":
             self.fallback_ticks += 1
         self.model_version = batch.version if batch.source == "model" else self.model_version
@@ -253,7 +264,8 @@ class EngineLoop:
             for i, tr in enumerate(running)
         ]
         requests = self.planner.plan(forecasts, now, held=self.held)
-        self.held = dict(self.allocator.apply(requests, now))
+        with self.timing.phase("allocate"):
+            self.held = dict(self.allocator.apply(requests, now))
 
     def _budget_amounts(self, q_steps: np.ndarray) -> np.ndarray | None:
         """(S, 2) cpu and mem to reserve for each running workload under the violation

@@ -134,6 +134,7 @@ def build_summary(
             "seconds": round(seconds, 1),
             "ticks": loop.ticks,
             "fallback_ticks": loop.fallback_ticks,
+            "tick_timing": loop.timing.summary(),
             "retrain_runs": loop.retrain_runs,
             "retrain_results": retrainer.results if retrainer else [],
             "store": str(store.root),

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from prae.engine.tick_timing import timing_text
 from prae.resources import RESOURCES
 
 
@@ -164,6 +165,8 @@ def format_table(summary: RunSummary) -> str:
                 f"{w.workload}: {r['in_reservation']} of {r['tasks']} tasks ran in its reservation; "
                 f"tasks waited {r['wait_s_total']:.1f} s in all (longest {r['wait_s_max']:.1f} s)"
             )
+    if "tick_timing" in summary.extra:
+        lines.append(timing_text(summary.extra["tick_timing"]))
     if "mode" in summary.extra:
         lines.append(f"mode: {summary.extra['mode']}")
     lines.append(

@@ -227,6 +227,7 @@ class WorkloadTracker:
         self.live_status = RoleStatus()
         self.shadow_status = RoleStatus()
         self.pending: deque[PendingForecast] = deque()
+        self.last_issued_at: float | None = None
         if state is None:
             state, slot = LearningState(1, calibration_window, median_half_life), 0
         if not 0 <= slot < state.size:
@@ -251,7 +252,12 @@ class WorkloadTracker:
         return self.live_status.exit_code is not None
 
     def ready_to_forecast(self, min_steps: int = 3) -> bool:
-        return not self.finished and len(self.live) >= min_steps
+        """Running, with ``min_steps`` samples and one newer than its last forecast's: a tick
+        that got no new sample (its supervisor or sampler is slow this time) would issue the
+        same forecast again."""
+        if self.finished or len(self.live) < min_steps:
+            return False
+        return self.last_issued_at is None or self.live.ts[-1] > self.last_issued_at
 
     # ------------------------------------------------------------------ windows
 
@@ -338,6 +344,7 @@ class WorkloadTracker:
 
     def add_forecast(self, fc: PendingForecast) -> None:
         self.pending.append(fc)
+        self.last_issued_at = fc.issued_at
 
     def point_forecast(self, raw: np.ndarray, calibrated: np.ndarray, lead_steps: int) -> IssuedForecast:
         """``issue_forecasts`` for this workload alone: raw, calibrated (R, Q)."""
