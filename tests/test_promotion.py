@@ -3,6 +3,8 @@ retraining using it (no Ray; the live engine's Ray Train path is in test_engine_
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -182,3 +184,9 @@ def test_the_run_summary_gives_each_verdicts_losses_or_why_there_were_none() -> 
     line = next(x for x in text.splitlines() if x.startswith("retrained models promoted"))
     assert f"yes: {judged.challenger_loss:.3f} vs {judged.champion_loss:.3f} held out" in line
     assert f"no: {empty.reason}" in line and "nan" not in line
+    # and summary.json stays JSON: the empty verdict's NaN losses are null, not a bare NaN
+    summary = RunSummary((), 1, ("a",), 1, {"retrain_results": results})
+    back = json.loads(summary.to_json(), parse_constant=lambda c: pytest.fail(f"not JSON: {c}"))
+    verdict = back["extra"]["retrain_results"][1]["verdict"]
+    assert verdict["champion_loss"] is None and verdict["holdout_windows"] == 0
+    assert back["extra"]["retrain_results"][0]["verdict"]["champion_loss"] == pytest.approx(judged.champion_loss)

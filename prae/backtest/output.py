@@ -13,7 +13,6 @@ summary.csv / summary.txt / goals.csv / run.json
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from prae.backtest.runner import BacktestResult
+from prae.json_out import strict_dumps
 from prae.resources import QUANTILE_COLUMNS, RESOURCES
 
 
@@ -93,4 +93,4 @@ def write_outputs(
         "timings_s": result.timings,
         **(extra or {}),
     }
-    (out / "run.json").write_text(json.dumps(run, indent=2, default=str) + "\n")
+    (out / "run.json").write_text(strict_dumps(run) + "\n")

@@ -6,7 +6,6 @@ used, and how many reservations were in place before the demand they were made f
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -16,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from prae.engine.tick_timing import timing_text
+from prae.json_out import strict_dumps
 from prae.resources import RESOURCES
 
 
@@ -47,15 +47,7 @@ class RunSummary:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, default=_json_default)
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    return str(o)
+        return strict_dumps(asdict(self))
 
 
 def _col(table: pa.Table, name: str) -> np.ndarray:

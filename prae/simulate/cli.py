@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from dataclasses import asdict
@@ -11,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from prae.config import parse_size
+from prae.json_out import strict_dumps
 
 
 def _number(low: float, high: float = math.inf, low_open: bool = False) -> Any:
@@ -99,11 +99,6 @@ def run_after_backtest(result: Any, args: argparse.Namespace, out: Path) -> str:
     ``cluster_sim.json`` in the output folder and returns the table to print."""
     report = simulate_result(result, spec_from_args(args), args.pending_target)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "cluster_sim.json").write_text(json.dumps(report, indent=2, default=_default))
+    (out / "cluster_sim.json").write_text(strict_dumps(report))
     return report["table"] + (f"\nnote: {report['note']}" if report["note"] else "")
 
-
-def _default(o: Any) -> Any:
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
-    return str(o)
