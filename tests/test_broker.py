@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from prae.engine.broker import MAX_SLICES, SETTLE_S, ReservationBroker, bundle_for, bundles_for
+from prae.engine.broker import (
+    MAX_SLICES,
+    SETTLE_S,
+    RecordMirror,
+    ReservationBroker,
+    bundle_for,
+    bundles_for,
+)
 from prae.policy.requests import Interval, ResourceRequest
 from tests.fakes import FakeClock, FakeFloor, FakePG, FakePlacementBackend
 
@@ -416,3 +423,29 @@ def test_consolidation_keeps_busy_slices_and_spares_task_unit_workloads():
     other = ReservationBroker(FakePlacementBackend(capacity=1000), None, "q-")
     ramp(other, "t", 2 * MAX_SLICES, unit=0.5)
     assert len(other.slices["t"]) == 2 * MAX_SLICES
+
+
+def test_the_record_mirror_keeps_what_was_asked_when_an_allocator_adopts_and_marks_what_it_lost():
+    def rec(name, **kw):
+        base = {"name": name, "workload": "w", "reason": "live_trend", "adopted": False, "state": "pending",
+                "needed_at": 10.0, "created_at": 1.0, "ready_at": None, "removed_at": None,
+                "in_place_before_need": False, "pending_s": None}
+        return {**base, **kw}
+
+    m = RecordMirror()
+    m.merge([rec("a-0"), rec("a-1"), rec("a-2", state="queued", created_at=None)])
+    m.merge([rec("a-0", state="ready", ready_at=4.0, in_place_before_need=True, pending_s=3.0), rec("a-1")])
+    # the allocator restarts: it adopts a-0 (ready before) and a-1 (pending before), knows nothing of a-2
+    adopted = {"reason": "adopted", "adopted": True, "needed_at": 0.0, "created_at": None}
+    m.merge([rec("a-0", state="ready", **adopted), rec("a-1", state="ready", ready_at=12.0, **adopted)])
+    final = {r["name"]: r for r in m.final([
+        rec("a-0", state="removed", removed_at=20.0, **adopted),
+        rec("a-1", state="removed", ready_at=12.0, removed_at=20.0, **adopted),
+        rec("a-3", state="removed", ready_at=15.0, removed_at=20.0),  # the new allocator's own
+    ])}
+    assert final["a-0"]["reason"] == "live_trend" and final["a-0"]["ready_at"] == 4.0
+    assert final["a-0"]["in_place_before_need"] and final["a-0"]["state"] == "removed"
+    # a-1 became ready only after the restart, after it was needed
+    assert final["a-1"]["ready_at"] == 12.0 and not final["a-1"]["in_place_before_need"]
+    assert final["a-1"]["pending_s"] == 11.0 and final["a-1"]["needed_at"] == 10.0
+    assert final["a-2"]["state"] == "lost" and final["a-3"]["state"] == "removed"

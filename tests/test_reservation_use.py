@@ -22,6 +22,7 @@ from prae.config import AllocatorSpec  # noqa: E402
 from prae.engine.actors import ALLOCATOR_ACTOR_OPTIONS, AllocatorService  # noqa: E402
 from prae.engine.broker import ReservationBroker  # noqa: E402
 from prae.engine.ray_backends import RayPlacementBackend  # noqa: E402
+from prae.engine.ray_ports import RayAllocator  # noqa: E402
 from prae.engine.reservations_use import ReservationPlacer, reservation_groups, strategy_into  # noqa: E402
 from prae.policy.requests import Interval, ResourceRequest  # noqa: E402
 
@@ -295,5 +296,34 @@ def test_an_allocator_killed_mid_call_is_restarted_and_the_call_returns_without_
     assert ray.get(actor.leaked_removed.remote()) == 0
     ray.get(actor.release_all.remote(2.0))
     time.sleep(0.5)
+    assert live_names(PREFIX) == set()
+    ray.kill(actor)
+
+
+def test_the_engines_records_of_reservations_survive_the_allocator_dying():
+    """Before, a restarted allocator's records started empty: the run summary showed the
+    group it adopted as 'adopted', without what was asked for, when, or whether it was
+    ready in time. The engine's port now mirrors the records call by call."""
+    actor = ray.remote(**ALLOCATOR_ACTOR_OPTIONS)(SlowAllocator).remote(AllocatorSpec(), PREFIX, own_floor=False)
+    port = RayAllocator(None, PREFIX, actor=actor)  # type: ignore[arg-type]
+    deadline = time.time() + 60
+    now = 1.0
+    while port.apply([req("svc", 2)], now).get("svc", (0.0, 0.0))[0] < 2.0:
+        assert time.time() < deadline, port.records()
+        now += 1.0
+    before = {r["name"]: r for r in port.records()}
+    assert len(before) == 1
+    (name, first), = before.items()
+    assert first["reason"] == "live_trend" and first["state"] == "ready" and first["in_place_before_need"]
+    ray.kill(actor, no_restart=False)
+    assert port.apply([req("svc", 2)], now + 1.0)["svc"][0] == 2.0  # on the restarted actor
+    assert any(r["adopted"] for r in ray.get(actor.records.remote()))  # it adopted the group
+    port.release_all(now + 2.0)
+    after = port.records()
+    assert [r["name"] for r in after] == [name]  # one group, one record
+    rec = after[0]
+    assert rec["reason"] == "live_trend" and not rec["adopted"]  # what was asked for, kept
+    assert rec["ready_at"] == first["ready_at"] and rec["in_place_before_need"]
+    assert rec["state"] == "removed" and rec["removed_at"] == now + 2.0
     assert live_names(PREFIX) == set()
     ray.kill(actor)

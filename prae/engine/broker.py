@@ -45,7 +45,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -262,6 +262,12 @@ class ReservationBroker:
 
     def records(self) -> list[dict[str, Any]]:
         return [r.record() for r in self.history]
+
+    def changed_records(self, since: float) -> list[dict[str, Any]]:
+        """The records of reservations not removed yet and of those removed at or after
+        ``since``: what a caller that mirrors ``records`` call by call needs (as many as
+        are held, not the run's whole history)."""
+        return [r.record() for r in self.history if r.removed_at is None or r.removed_at >= since]
 
     def pending_count(self) -> int:
         return sum(1 for s in self.slices.values() for r in s if r.state == "pending")
@@ -568,3 +574,52 @@ class BrokerAllocator:
 
     def records(self) -> list[dict[str, Any]]:
         return self.broker.records()
+
+    def apply_reporting(
+        self, requests: Sequence[ResourceRequest], now: float, since: float
+    ) -> tuple[dict[str, tuple[float, float]], list[dict[str, Any]]]:
+        """``apply``, and the records changed since ``since`` (``RecordMirror`` keeps them)."""
+        held = self.apply(requests, now)
+        return held, self.broker.changed_records(since)
+
+
+class RecordMirror:
+    """The allocator's decision records, kept by its caller call by call, so that an
+    allocator that dies loses none of them.
+
+    A restarted allocator starts with an empty history: the groups its predecessor made
+    come back as ``adopted`` records, with none of what was asked for and when. Merged by
+    group name, an adopted record only updates what the allocator now knows of a group the
+    mirror has already seen (its state, when it became ready or was removed); every other
+    record replaces the mirror's copy of it (the allocator's newer view).
+    """
+
+    def __init__(self) -> None:
+        self.by_name: dict[str, dict[str, Any]] = {}
+
+    def merge(self, records: Iterable[dict[str, Any]]) -> None:
+        for rec in records:
+            old = self.by_name.get(rec["name"])
+            if old is None or not rec.get("adopted") or old.get("adopted"):
+                self.by_name[rec["name"]] = dict(rec)
+                continue
+            old["state"] = rec["state"]
+            for key in ("ready_at", "removed_at"):
+                if old.get(key) is None and rec.get(key) is not None:
+                    old[key] = rec[key]
+            ready, needed, created = old.get("ready_at"), old.get("needed_at"), old.get("created_at")
+            old["in_place_before_need"] = ready is not None and ready <= needed
+            old["pending_s"] = None if ready is None or created is None else ready - created
+
+    def final(self, last: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+        """All records, after merging the allocator's own final ``records``. One the mirror
+        saw held or queued that the last allocator does not know (a group removed, or a
+        request still queued, when an allocator died) is marked ``lost``: what became of
+        it is not known."""
+        last = list(last)
+        self.merge(last)
+        known = {r["name"] for r in last}
+        for name, rec in self.by_name.items():
+            if name not in known and rec["state"] != "removed":
+                rec["state"] = "lost"
+        return list(self.by_name.values())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -15,6 +16,7 @@ import ray
 
 from prae.config import PraeConfig, PredictorSpec
 from prae.engine.actors import AllocatorActor, WorkloadSupervisor
+from prae.engine.broker import RecordMirror
 from prae.engine.loop import ForecastBatch, Polled
 from prae.engine.tracker import RoleStatus
 from prae.policy.fallback import rule_forecast
@@ -121,13 +123,21 @@ class ServeForecaster:
 
 
 class RayAllocator:
-    def __init__(self, config: PraeConfig, prefix: str) -> None:
-        self.actor = AllocatorActor.options(name=f"{prefix}allocator", get_if_exists=True).remote(
+    """The loop's ``Allocator`` port over the allocator actor. Its decision records are
+    mirrored here call by call (``RecordMirror``): a restarted actor loses none of them."""
+
+    def __init__(self, config: PraeConfig, prefix: str, actor: Any = None) -> None:
+        self.actor = actor or AllocatorActor.options(name=f"{prefix}allocator", get_if_exists=True).remote(
             config.allocator, f"{prefix}res-"
         )
+        self.mirror = RecordMirror()
+        self._since = -math.inf
 
     def apply(self, requests: Sequence[ResourceRequest], now: float) -> dict[str, tuple[float, float]]:
-        return ray.get(self.actor.apply.remote(list(requests), now))
+        held, changed = ray.get(self.actor.apply_reporting.remote(list(requests), now, self._since))
+        self.mirror.merge(changed)
+        self._since = now
+        return held
 
     def release(self, workload: str, now: float) -> None:
         ray.get(self.actor.release.remote(workload, now))
@@ -136,7 +146,7 @@ class RayAllocator:
         ray.get(self.actor.release_all.remote(now))
 
     def records(self) -> list[dict[str, Any]]:
-        return ray.get(self.actor.records.remote())
+        return self.mirror.final(ray.get(self.actor.records.remote()))
 
     def ready_group_names(self, workload: str) -> list[str]:
         return ray.get(self.actor.ready_group_names.remote(workload))
