@@ -7,8 +7,8 @@ series as ``train.pretrain`` (Bitbrains VMs not held out, Alibaba, Google), keep
 resource's best epoch on 40 of those Bitbrains VMs (numbers 251..300; the head does not
 train on them), and writes the checkpoint back with the head (the LSTM's weights are
 unchanged). ``train.pretrain`` runs the same training at its end. Deterministic for
-``--seed`` on a given torch build and thread count: run on the shipped checkpoint it
-writes the shipped head bit for bit.
+``--seed`` on a given torch build and thread count, with the CPU kernels pinned to AVX2
+(``train.determinism``): run on the shipped checkpoint it writes the shipped head bit for bit.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from prae.model.median_head import MedianHead, MedianHeadConfig
 from prae.model.predictor import Predictor
 from prae.model.training import TrainingWindows, concat_windows, windows_from_series
 from prae.traces.series import Series
+from train.determinism import kernels_pinned, pin_cpu_kernels
 from train.pretrain import DEFAULT_TRACES, bitbrains_vm_number, load_training_series
 
 VALIDATION_VMS = range(251, 301)  # Bitbrains training VMs the head picks its epochs on
@@ -97,7 +98,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--stride", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2, help="torch threads (fixed for determinism)")
+    ap.add_argument(
+        "--native-kernels",
+        action="store_true",
+        help="use the CPU's widest kernels (faster on AVX-512; another head than the shipped one)",
+    )
     args = ap.parse_args(argv)
+    if not args.native_kernels:
+        pin_cpu_kernels("train.median_head", argv)
 
     torch.set_num_threads(args.threads)
     t0 = time.time()
@@ -114,7 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m train.median_head " + " ".join(
         argv if argv is not None else os.sys.argv[1:]
     )
-    meta = {"median_head": {**metrics, "command": command, "wall_s": round(time.time() - t0, 1)}}
+    kernels = "avx2 (train.determinism.PINNED_KERNELS)" if kernels_pinned() else "native"
+    meta = {
+        "median_head": {**metrics, "command": command, "wall_s": round(time.time() - t0, 1), "cpu_kernels": kernels}
+    }
     out = args.out or args.checkpoint
     predictor.save(out, metadata=meta)
     print(json.dumps({**meta, "version": Predictor.load(out).version}, indent=2))

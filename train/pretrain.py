@@ -6,7 +6,8 @@ Data: Bitbrains Rnd 2013-07 VMs whose number is NOT a multiple of 5 (400 VMs; th
 multiples of 5 are held out for ``prae backtest`` evaluation), plus the Alibaba 2018
 machine-usage sample and the Google 2019 instance-usage tasks. All on a 300-s grid.
 Then the median head (``train.median_head``; ``--no-median-head`` skips it).
-Deterministic for ``--seed`` on a given torch version and thread count.
+Deterministic for ``--seed`` on a given torch version and thread count; the CPU kernels are
+pinned to AVX2 (``train.determinism``) so that any x86-64 machine writes the same weights.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from prae.model.predictor import Predictor
 from prae.model.training import TrainingWindows, concat_windows, evaluate, fit, windows_from_series
 from prae.traces import load_trace
 from prae.traces.series import Series
+from train.determinism import kernels_pinned, pin_cpu_kernels
 
 DEFAULT_TRACES = Path(__file__).resolve().parents[1].parent / "shared" / "traces"
 
@@ -96,12 +98,19 @@ def main(argv: list[str] | None = None) -> int:
         help="ship the LSTM's own q0.5 (skip train.median_head)",
     )
     ap.add_argument(
+        "--native-kernels",
+        action="store_true",
+        help="use the CPU's widest kernels (faster on AVX-512; other weights than the shipped ones)",
+    )
+    ap.add_argument(
         "--time-budget-s",
         type=float,
         default=None,
         help="stop training early (exploration only; breaks reproducibility)",
     )
     args = ap.parse_args(argv)
+    if not args.native_kernels:
+        pin_cpu_kernels("train.pretrain", argv)
 
     torch.set_num_threads(args.threads)
     t0 = time.time()
@@ -163,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         "seed": args.seed,
         "torch": str(torch.__version__),
         "threads": args.threads,
+        "cpu_kernels": "avx2 (train.determinism.PINNED_KERNELS)" if kernels_pinned() else "native",
         "step_s": args.step_s,
         # fine-tunes of this checkpoint (daily in the backtest, Ray Train live) use the same loss
         "level_power": args.level_power,
