@@ -14,6 +14,7 @@ torch``: ``pin_cpu_kernels`` runs the command again in a fresh interpreter with 
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
@@ -30,10 +31,23 @@ def kernels_pinned() -> bool:
     return all(os.environ.get(k) == v for k, v in PINNED_KERNELS.items())
 
 
-def pin_cpu_kernels(module: str, argv: list[str] | None) -> None:
-    """Unless the kernels are pinned already, replace this process by ``python -m module
-    argv`` with ``PINNED_KERNELS`` set (returns only when they are)."""
-    if kernels_pinned():
+def add_kernels_option(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument(
+        "--native-kernels",
+        action="store_true",
+        help="use the CPU's widest kernels (faster on AVX-512; not the shipped weights)",
+    )
+
+
+def kernels_text() -> str:
+    """What a checkpoint's metadata says of the kernels it was trained with."""
+    return "avx2 (train.determinism.PINNED_KERNELS)" if kernels_pinned() else "native"
+
+
+def pin_cpu_kernels(module: str, argv: list[str] | None, native: bool = False) -> None:
+    """Unless the kernels are pinned already (or ``native``: ``--native-kernels``), replace
+    this process by ``python -m module argv`` with ``PINNED_KERNELS`` set."""
+    if native or kernels_pinned():
         return
     args = sys.argv[1:] if argv is None else list(argv)
     sys.stdout.flush()

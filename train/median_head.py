@@ -28,7 +28,7 @@ from prae.model.median_head import MedianHead, MedianHeadConfig
 from prae.model.predictor import Predictor
 from prae.model.training import TrainingWindows, concat_windows, windows_from_series
 from prae.traces.series import Series
-from train.determinism import kernels_pinned, pin_cpu_kernels
+from train.determinism import add_kernels_option, kernels_text, pin_cpu_kernels
 from train.pretrain import DEFAULT_TRACES, bitbrains_vm_number, load_training_series
 
 VALIDATION_VMS = range(251, 301)  # Bitbrains training VMs the head picks its epochs on
@@ -98,14 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--stride", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2, help="torch threads (fixed for determinism)")
-    ap.add_argument(
-        "--native-kernels",
-        action="store_true",
-        help="use the CPU's widest kernels (faster on AVX-512; another head than the shipped one)",
-    )
+    add_kernels_option(ap)
     args = ap.parse_args(argv)
-    if not args.native_kernels:
-        pin_cpu_kernels("train.median_head", argv)
+    pin_cpu_kernels("train.median_head", argv, native=args.native_kernels)
 
     torch.set_num_threads(args.threads)
     t0 = time.time()
@@ -122,10 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m train.median_head " + " ".join(
         argv if argv is not None else os.sys.argv[1:]
     )
-    kernels = "avx2 (train.determinism.PINNED_KERNELS)" if kernels_pinned() else "native"
-    meta = {
-        "median_head": {**metrics, "command": command, "wall_s": round(time.time() - t0, 1), "cpu_kernels": kernels}
-    }
+    wall = round(time.time() - t0, 1)
+    meta = {"median_head": {**metrics, "command": command, "wall_s": wall, "cpu_kernels": kernels_text()}}
     out = args.out or args.checkpoint
     predictor.save(out, metadata=meta)
     print(json.dumps({**meta, "version": Predictor.load(out).version}, indent=2))

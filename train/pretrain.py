@@ -26,7 +26,7 @@ from prae.model.predictor import Predictor
 from prae.model.training import TrainingWindows, concat_windows, evaluate, fit, windows_from_series
 from prae.traces import load_trace
 from prae.traces.series import Series
-from train.determinism import kernels_pinned, pin_cpu_kernels
+from train.determinism import add_kernels_option, kernels_text, pin_cpu_kernels
 
 DEFAULT_TRACES = Path(__file__).resolve().parents[1].parent / "shared" / "traces"
 
@@ -97,11 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="ship the LSTM's own q0.5 (skip train.median_head)",
     )
-    ap.add_argument(
-        "--native-kernels",
-        action="store_true",
-        help="use the CPU's widest kernels (faster on AVX-512; other weights than the shipped ones)",
-    )
+    add_kernels_option(ap)
     ap.add_argument(
         "--time-budget-s",
         type=float,
@@ -109,8 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         help="stop training early (exploration only; breaks reproducibility)",
     )
     args = ap.parse_args(argv)
-    if not args.native_kernels:
-        pin_cpu_kernels("train.pretrain", argv)
+    pin_cpu_kernels("train.pretrain", argv, native=args.native_kernels)
 
     torch.set_num_threads(args.threads)
     t0 = time.time()
@@ -172,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         "seed": args.seed,
         "torch": str(torch.__version__),
         "threads": args.threads,
-        "cpu_kernels": "avx2 (train.determinism.PINNED_KERNELS)" if kernels_pinned() else "native",
+        "cpu_kernels": kernels_text(),
         "step_s": args.step_s,
         # fine-tunes of this checkpoint (daily in the backtest, Ray Train live) use the same loss
         "level_power": args.level_power,

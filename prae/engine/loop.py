@@ -178,17 +178,16 @@ class EngineLoop:
     def tick(self) -> bool:
         """Run one tick; returns whether any workload is still running."""
         now = self.clock()
-        t0 = self.timing.clock()
-        with self.timing.phase("poll"):
-            self._poll()
-        with self.timing.phase("resolve"):
-            self._resolve()
-        self._forecast_and_allocate(now)
-        with self.timing.phase("release"):
-            self._release_finished(now)
-        with self.timing.phase("learn"):
-            self._learn(now)
-        self.timing.add_tick(self.timing.clock() - t0)
+        with self.timing.tick():
+            with self.timing.phase("poll"):
+                self._poll()
+            with self.timing.phase("resolve"):
+                self._resolve()
+            self._forecast_and_allocate(now)
+            with self.timing.phase("release"):
+                self._release_finished(now)
+            with self.timing.phase("learn"):
+                self._learn(now)
         self.ticks += 1
         if self.ticks % self.flush_every == 0:
             self.store.start_flush()  # on a thread: the tick does not wait for the disk

@@ -35,8 +35,13 @@ class TickTiming:
             self.phase_max[name] = max(self.phase_max.get(name, 0.0), dt)
             self.phase_total[name] = self.phase_total.get(name, 0.0) + dt
 
-    def add_tick(self, seconds: float) -> None:
-        self.durations.append(seconds)
+    @contextmanager
+    def tick(self) -> Iterator[None]:
+        t0 = self.clock()
+        try:
+            yield
+        finally:
+            self.durations.append(self.clock() - t0)
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready: tick count, median / p95 / max seconds, ticks longer than the interval,
