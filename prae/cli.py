@@ -102,8 +102,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Commands with argument parsers of their own: every argument after the command is theirs.
+# (argparse.REMAINDER drops a leading option: `prae retrain --store DIR` was refused.)
+PASS_THROUGH = ("pretrain", "retrain")
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    at = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
+    if at is not None and argv[at] in PASS_THROUGH:
+        args = build_parser().parse_args(argv[: at + 1])
+        args.rest = argv[at + 1 :]
+        return args
+    return build_parser().parse_args(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

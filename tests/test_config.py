@@ -187,3 +187,24 @@ def test_launch_budget_reaches_the_allocator_spec():
     assert parse_config(minimal(), "x.yaml").allocator.launch_budget_s == 0.25
     cfg = parse_config({**minimal(), "allocator": {"launch_budget_s": 0}}, "x.yaml")
     assert cfg.allocator.launch_budget_s == 0.0  # 0: a tick does not wait for groups to come up
+
+
+def test_pretrain_and_retrain_get_every_argument_after_the_command():
+    """argparse.REMAINDER dropped a leading option: `prae retrain --store DIR --out M` and
+    `prae pretrain --out X` were refused with 'unrecognized arguments'."""
+    from prae.cli import parse
+
+    args = parse(["-v", "retrain", "--store", "d", "--out", "m.pt"])
+    assert args.verbose and args.command == "retrain" and args.rest == ["--store", "d", "--out", "m.pt"]
+    args = parse(["pretrain", "--out", "x.pt", "--epochs", "2"])
+    assert args.command == "pretrain" and args.rest == ["--out", "x.pt", "--epochs", "2"]
+    assert parse(["pretrain"]).rest == []
+    assert parse(["validate", "c.yaml"]).config == "c.yaml"  # the others parse as before
+
+
+def test_prae_retrain_help_is_retrains_own(capsys):
+    from prae.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["retrain", "--help"])
+    assert stop.value.code == 0 and "--store" in capsys.readouterr().out

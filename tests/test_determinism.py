@@ -31,3 +31,15 @@ def test_a_training_command_runs_again_with_avx2_kernels_and_its_arguments(tmp_p
     ).stdout.splitlines()
     # torch's kernels are AVX2 here even on an AVX-512 machine; the arguments arrive as given
     assert out == ["AVX2", "AVX2", repr(["--out", "x y.pt"])], out
+
+
+def test_prae_pretrain_passes_its_options_through_the_pinned_rerun_and_names_a_bad_path(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "DNNL_MAX_CPU_ISA")}
+    missing = tmp_path / "no-traces"
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "prae"), "pretrain", "--traces", str(missing), "--out", str(tmp_path / "m.pt")],
+        env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("prae: error: ") and str(missing) in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "m.pt").exists()

@@ -26,7 +26,7 @@ from prae.model.predictor import Predictor
 from prae.model.training import TrainingWindows, concat_windows, evaluate, fit, windows_from_series
 from prae.traces import load_trace
 from prae.traces.series import Series
-from train.determinism import add_kernels_option, kernels_text, pin_cpu_kernels
+from train.determinism import add_kernels_option, kernels_text, pin_cpu_kernels, run_command
 
 DEFAULT_TRACES = Path(__file__).resolve().parents[1].parent / "shared" / "traces"
 
@@ -180,4 +180,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_command(main))
