@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
 
 from prae.errors import PraeError
 
@@ -117,17 +118,23 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return build_parser().parse_args(argv)
 
 
+def report_errors(command: Callable[[], int]) -> int:
+    """Run a command; a bad input (``PraeError``) is one line naming the fix, exit code 2,
+    not a traceback. ``prae`` and the training commands it hands over to use it."""
+    try:
+        return int(command())
+    except PraeError as exc:
+        print(f"prae: error: {exc}", file=sys.stderr)
+        return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    try:
-        return int(args.func(args))
-    except PraeError as exc:
-        print(f"prae: error: {exc}", file=sys.stderr)
-        return 2
+    return report_errors(lambda: args.func(args))
 
 
 if __name__ == "__main__":

@@ -17,9 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable
-
-from prae.errors import PraeError
 
 # AVX2: what every x86-64 machine of the last decade has, and the widest the shipped
 # checkpoint's machine had.
@@ -56,14 +53,3 @@ def pin_cpu_kernels(module: str, argv: list[str] | None, native: bool = False) -
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, "-m", module, *args], {**os.environ, **PINNED_KERNELS})
-
-
-def run_command(main: Callable[[], int]) -> int:
-    """A training command's ``__main__``: a bad input is one line naming the fix (as the
-    ``prae`` command prints it, which these replace when they pin the kernels), not a
-    traceback."""
-    try:
-        return main()
-    except PraeError as exc:
-        print(f"prae: error: {exc}", file=sys.stderr)
-        return 2

@@ -23,12 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from prae.cli import report_errors
 from prae.model.median_fit import fit_median_head
 from prae.model.median_head import MedianHead, MedianHeadConfig
 from prae.model.predictor import Predictor
 from prae.model.training import TrainingWindows, concat_windows, windows_from_series
 from prae.traces.series import Series
-from train.determinism import add_kernels_option, kernels_text, pin_cpu_kernels, run_command
+from train.determinism import add_kernels_option, kernels_text, pin_cpu_kernels
 from train.pretrain import DEFAULT_TRACES, bitbrains_vm_number, load_training_series
 
 VALIDATION_VMS = range(251, 301)  # Bitbrains training VMs the head picks its epochs on
@@ -126,4 +127,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_command(main))
+    raise SystemExit(report_errors(main))

@@ -21,12 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from prae.cli import report_errors
 from prae.model.module import ModelConfig
 from prae.model.predictor import Predictor
 from prae.model.training import TrainingWindows, concat_windows, evaluate, fit, windows_from_series
 from prae.traces import load_trace
 from prae.traces.series import Series
-from train.determinism import add_kernels_option, kernels_text, pin_cpu_kernels, run_command
+from train.determinism import add_kernels_option, kernels_text, pin_cpu_kernels
 
 DEFAULT_TRACES = Path(__file__).resolve().parents[1].parent / "shared" / "traces"
 
@@ -180,4 +181,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_command(main))
+    raise SystemExit(report_errors(main))
