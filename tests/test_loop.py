@@ -666,3 +666,64 @@ def test_a_workload_without_a_new_sample_gets_no_repeated_forecast_and_slow_tick
     assert timing["max_s"] == pytest.approx(2.5) and timing["phase_max_s"]["poll"] == pytest.approx(2.5)
     line = timing_text(timing)
     assert "1 longer than the interval" in line and "slowest phase: poll, 2.500 s" in line
+
+
+class GridTelemetry(ScriptedTelemetry):
+    """Like the real samplers: one sample at every whole second of the clock (the grid of
+    ``prae.engine.schedule``), delivered at the first poll after it."""
+
+    def __init__(self, clock: FakeClock, length: int = 30) -> None:
+        super().__init__(clock, length)
+        self.next_ts = math.floor(clock.now) + 1.0
+        self.end_ts = self.next_ts + length - 1
+
+    def poll(self) -> dict[str, Polled]:
+        stamps = []
+        while self.next_ts <= min(self.clock.now, self.end_ts):
+            stamps.append(self.next_ts)
+            self.next_ts += 1.0
+        done = self.next_ts > self.end_ts
+        self.t = int(self.next_ts - self.end_ts + self.length - 1)  # what the oracle reads
+        out = {}
+        for name in ("steady", "steps"):
+            out[name] = Polled(
+                live=[TelemetrySample(ts, demand(name, self.t), GIB, 1e6, 0.0, 0.5) for ts in stamps],
+                live_status=RoleStatus(exit_code=0 if done else None, cost_cpu_seconds=10.0),
+                shadow_status=RoleStatus(exit_code=0, cost_cpu_seconds=0.0),
+            )
+        return out
+
+
+@pytest.mark.parametrize("start", [1000.0, 1000.5, 1000.97])
+def test_ticks_follow_the_samplers_grid_so_an_oversleeping_loop_loses_no_forecast(tmp_path, start):
+    """Each sleep oversleeps by 0.15 s (a busy machine). A loop that sleeps "the interval
+    minus the tick" drifts against the samplers and, every few ticks, finds no new sample:
+    that tick's forecast is lost (4-5 of 27 here, before). On the grid every sample from the
+    third on is forecast, whatever the phase the run started in."""
+    clock = FakeClock(start)
+    cfg = config(tmp_path)
+    telemetry = GridTelemetry(clock)
+    store = FeedbackStore(cfg.run.store_dir)
+    broker = ReservationBroker(FakePlacementBackend(capacity=16), None, "t-")
+    loop = EngineLoop(
+        cfg, telemetry, OracleForecaster(telemetry), BrokerAllocator(broker), store, clock=clock, timer=clock
+    )
+    tick_times = []
+    real_tick = loop.tick
+
+    def tick():
+        tick_times.append(clock.now)
+        return real_tick()
+
+    loop.tick = tick
+    loop.run(sleep=lambda s: clock.advance(s + 0.15))
+    fc = store.read("forecasts")
+    cpu = fc.filter(np.array(fc.column("resource").to_pylist()) == "cpu")
+    names = np.array(cpu.column("workload").to_pylist())
+    issued = np.array(cpu.column("issued_at").to_pylist())
+    samples = int(telemetry.end_ts - math.floor(start))  # 30
+    for name in ("steady", "steps"):
+        # (the last sample comes with the exit code: a finished workload is not forecast)
+        assert sorted(issued[names == name].tolist()) == [math.floor(start) + k for k in range(3, samples)]
+    # after the first, every tick was half an interval (+ the oversleep) after a grid point
+    assert all(abs((t % 1.0) - 0.65) < 1e-6 for t in tick_times[1:]), tick_times[:5]

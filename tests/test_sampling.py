@@ -7,7 +7,10 @@ import threading
 import time
 from typing import Any
 
+import numpy as np
+
 from prae.engine.sampling import SamplingThread
+from prae.engine.schedule import grid_after, next_tick, tick_lag
 from prae.telemetry.sample import TelemetrySample
 
 
@@ -97,3 +100,31 @@ def test_a_stopped_sampler_asks_the_process():
     s.thread.join(5)
     proc.taken = proc.lifetime  # the process ended after the sampler stopped
     assert s.drain()["exit_code"] == 0
+
+
+def test_samples_are_taken_on_the_wall_clock_grid():
+    """Whatever the moment it started, the sampler takes its samples at multiples of its
+    interval (the grid the engine's ticks follow), not at start + k intervals."""
+    proc = SlowProcess()
+    time.sleep(0.037 - time.time() % 0.1 + 0.1)  # start off the grid
+    s = SamplingThread(proc, interval_s=0.1)
+    s.start()
+    time.sleep(1.25)
+    s.stop()
+    ts = np.array([x.ts for x in s.drain()["samples"]])
+    assert 10 <= len(ts) <= 13, ts
+    off = (ts + 0.05) % 0.1 - 0.05  # distance to the nearest grid point
+    assert np.mean(np.abs(off) < 0.02) >= 0.9, off
+    assert np.diff(ts).min() > 0.05, ts  # one sample a slot: never two in a burst
+
+
+def test_the_grid_and_the_next_tick():
+    assert grid_after(1000.3, 1.0) == 1001.0
+    assert grid_after(1001.0, 1.0) == 1002.0  # strictly after
+    assert grid_after(1000.3, 1.0, 0.5) == 1000.5
+    assert grid_after(1000.5, 60.0, 1.0) == 1021.0
+    assert tick_lag(1.0) == 0.5 and tick_lag(60.0) == 1.0 and tick_lag(0.2) == 0.1
+    assert next_tick(1000.5, 1000.7, 1.0) == (1001.5, 1001.5)  # on time: the next slot
+    assert next_tick(1000.5, 1001.5, 1.0) == (1001.5, 1001.5)  # ended on it: at once, as it
+    # overran past two slots: at once, as the latest slot passed, not twice back to back
+    assert next_tick(1000.5, 1003.2, 1.0) == (1003.2, 1002.5)

@@ -24,6 +24,7 @@ import numpy as np
 
 from prae.config import PraeConfig, WorkloadSpec
 from prae.engine.choices import choice_rows, latest_choice
+from prae.engine.schedule import grid_after, next_tick, tick_lag
 from prae.engine.tick_timing import TickTiming
 from prae.engine.tracker import (
     LearningState,
@@ -350,18 +351,22 @@ class EngineLoop:
     # ------------------------------------------------------------------ whole run
 
     def run(self, duration_s: float | None = None, sleep: Callable[[float], None] = time.sleep) -> None:
-        """Tick every interval until the workloads finish or ``duration_s`` has passed."""
+        """Tick until the workloads finish or ``duration_s`` has passed: once at once, then
+        ``tick_lag`` after each point of the samplers' grid (``prae.engine.schedule``)."""
         interval = self.config.run.interval_s
         deadline = None if duration_s is None else self.started_at + duration_s
+        now = self.clock()
+        slot = grid_after(now - interval, interval, tick_lag(interval))  # the last slot passed
         try:
             while True:
-                t0 = self.clock()
                 if not self.tick():
                     break
-                if deadline is not None and self.clock() >= deadline:
+                now = self.clock()
+                if deadline is not None and now >= deadline:
                     log.info("duration reached; stopping the workloads")
                     break
-                sleep(max(0.0, interval - (self.clock() - t0)))
+                when, slot = next_tick(slot, now, interval)
+                sleep(max(0.0, when - now))
         finally:
             self.close()
 

@@ -8,15 +8,18 @@ loaded machine, where one sample's /proc reads of a busy process tree can take s
   with it the engine's whole tick (every workload's forecasts), not just this workload's.
 - a sample that overran skips the slots it missed instead of catching up in a burst of
   samples milliseconds apart, whose rates would be noise.
+
+Samples are taken on the wall-clock grid of ``prae.engine.schedule`` (multiples of the
+interval), which the engine's ticks follow.
 """
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from typing import Any, Protocol
 
+from prae.engine.schedule import grid_after
 from prae.telemetry.sample import TelemetrySample
 
 
@@ -46,8 +49,11 @@ class SamplingThread:
         self.thread.start()
 
     def _loop(self) -> None:
-        next_at = time.monotonic()
-        while not self.stopped.is_set():
+        # The first sample at the first grid point ahead: its rates are since the process
+        # started (a sample at once and another a moment later at the grid point would give
+        # rates over milliseconds, finer than /proc's 10-ms CPU ticks).
+        slot = grid_after(time.time(), self.interval_s)
+        while not self.stopped.wait(max(0.0, slot - time.time())):
             try:
                 sample = self.proc.sample()
                 with self.lock:
@@ -59,11 +65,9 @@ class SamplingThread:
                 with self.lock:  # after the last sample: a drain that sees the code has it too
                     self.exit_code = code
                 return
-            next_at += self.interval_s
-            now = time.monotonic()
-            if next_at < now:  # overran: skip the missed slots, keep the phase
-                next_at += math.ceil((now - next_at) / self.interval_s) * self.interval_s
-            self.stopped.wait(max(0.0, next_at - now))
+            # The next grid point; after an overrun, the first one still ahead (the missed ones
+            # are skipped, the phase kept). Never the same slot again, even if woken early.
+            slot = grid_after(max(time.time(), slot), self.interval_s)
 
     def drain(self) -> dict[str, Any]:
         """The samples since the last drain and the state the sampler last saw; once the
