@@ -54,6 +54,10 @@ class WorkloadHost:
         self.proc = WorkloadProcess(spec, role, workdir, seed=seed, env=env)  # type: ignore[arg-type]
         self.sampling = SamplingThread(self.proc, interval_s)
 
+    def ready(self) -> bool:
+        """Answers once the actor is up (its worker process started, this class built)."""
+        return True
+
     def start(self) -> int | None:
         self.proc.start()
         self.sampling.start()
@@ -83,6 +87,8 @@ class WorkloadSupervisor:
         self.spec = spec
         self.shadow_pg = None
         self.shadow_started_at: float | None = None
+        self.shadow_start: Any = None  # the shadow's start call, until it has answered
+        self.shadow_start_deadline = 0.0
         self.shadow_note: str | None = None
         self.last_shadow_cost = 0.0
         live_cpu = spec.resources.cpu or 1.0
@@ -131,25 +137,51 @@ class WorkloadSupervisor:
             self.spec, "shadow", f"{workdir}/shadow", seed, shadow_interval, env, history
         )
 
-    def start(self) -> dict[str, Any]:
-        # The shadow starts with the live run so it gets ahead of it on its smaller data.
-        refs = {"live": self.live.start.remote()}
+    def prepare(self, shadow_wait_s: float = 15.0) -> None:
+        """Wait until the hosts are up, starting nothing. On a busy node a worker process
+        takes seconds to start, and only a few start at once (Ray's startup concurrency is
+        the node's core count). The engine prepares every workload, then starts them all
+        together: no workload runs unwatched while the others' actors come up, and a shadow
+        starts with its live run rather than whenever its host is ready. A shadow not up
+        within ``shadow_wait_s`` (no node has its resources yet, say) does not hold the
+        live runs back: it is started when it comes up (``start``)."""
+        ray.get(self.live.ready.remote())
         if self.shadow is not None:
-            refs["shadow"] = self.shadow.start.remote()
+            ray.wait([self.shadow.ready.remote()], timeout=shadow_wait_s)
+
+    def start(self, shadow_start_timeout_s: float = 60.0) -> dict[str, Any]:
+        """Start the live run (its pid), and the shadow without waiting for it: a shadow
+        not started within ``shadow_start_timeout_s`` is dropped by ``poll``."""
+        live = self.live.start.remote()
+        if self.shadow is not None:
+            # The shadow starts with the live run so it gets ahead of it on its smaller data.
+            self.shadow_start = self.shadow.start.remote()
             self.shadow_started_at = time.time()
-        out: dict[str, Any] = {"live_pid": ray.get(refs["live"])}
-        if "shadow" in refs:
-            try:
-                out["shadow_pid"] = ray.get(refs["shadow"], timeout=60)
-            except Exception as exc:  # the live run goes on without a shadow
-                self.shadow_note = f"shadow failed to start: {exc!r}"
-                self._drop_shadow()
-        return out
+            self.shadow_start_deadline = self.shadow_started_at + shadow_start_timeout_s
+        return {"live_pid": ray.get(live)}
+
+    def _shadow_up(self) -> bool:
+        """Whether the shadow has started; drops it once its start has failed or is late."""
+        if self.shadow_start is None:
+            return True
+        try:
+            done, _ = ray.wait([self.shadow_start], timeout=0)
+            if done:
+                ray.get(done[0])
+                self.shadow_start = None
+                return True
+            if time.time() < self.shadow_start_deadline:
+                return False
+            raise TimeoutError(f"not started within {self.shadow_start_deadline - self.shadow_started_at:g} s")
+        except Exception as exc:  # the live run goes on without a shadow
+            self.shadow_note = f"shadow failed to start: {exc!r}"
+            self._drop_shadow(graceful=False)  # nothing runs there: a stop call would wait 10 s
+            return False
 
     def poll(self) -> dict[str, Any]:
         live = ray.get(self.live.drain.remote())
         shadow: dict[str, Any] = {"samples": [], "exit_code": None, "error": self.shadow_note, "cost_cpu_seconds": 0.0}
-        if self.shadow is not None:
+        if self.shadow is not None and self._shadow_up():
             timeout = self.spec.shadow.timeout_s
             if timeout and self.shadow_started_at and time.time() - self.shadow_started_at > timeout:
                 self.shadow_note = f"shadow stopped after its timeout_s={timeout:g}"
@@ -166,10 +198,11 @@ class WorkloadSupervisor:
             shadow["cost_cpu_seconds"] = self.last_shadow_cost
         return {"live": live, "shadow": shadow}
 
-    def _drop_shadow(self) -> None:
+    def _drop_shadow(self, graceful: bool = True) -> None:
         if self.shadow is not None:
-            with contextlib.suppress(Exception):
-                ray.get(self.shadow.stop.remote(), timeout=10)
+            if graceful:
+                with contextlib.suppress(Exception):
+                    ray.get(self.shadow.stop.remote(), timeout=10)
             ray.kill(self.shadow)
             self.shadow = None
         if self.shadow_pg is not None:
@@ -177,7 +210,9 @@ class WorkloadSupervisor:
             self.shadow_pg = None
 
     def stop(self) -> None:
-        self._drop_shadow()
+        if self.shadow is not None:
+            # a shadow whose start has not answered runs nothing yet: killed, not asked to stop
+            self._drop_shadow(graceful=self._shadow_up())
         try:
             ray.get(self.live.stop.remote(), timeout=15)
         finally:

@@ -33,9 +33,18 @@ class RayTelemetrySource:
     """One WorkloadSupervisor actor per workload; ``poll`` asks them all at once."""
 
     def __init__(
-        self, config: PraeConfig, workdir: Path, prefix: str, histories: Mapping[str, bytes | None] | None = None
+        self,
+        config: PraeConfig,
+        workdir: Path,
+        prefix: str,
+        histories: Mapping[str, bytes | None] | None = None,
+        shadow_wait_s: float = 15.0,
+        shadow_start_timeout_s: float = 60.0,
     ) -> None:
-        """``histories``: per workload, the previous run its shadow plays (if it plays one)."""
+        """``histories``: per workload, the previous run its shadow plays (if it plays one).
+        The live runs start together once every actor is up, or after ``shadow_wait_s``
+        for a shadow that is not (no node has its resources yet, say); a shadow not started
+        ``shadow_start_timeout_s`` after its live run is dropped, the live run goes on."""
         self.supervisors: dict[str, Any] = {}
         self.stopped: set[str] = set()
         histories = histories or {}
@@ -43,7 +52,9 @@ class RayTelemetrySource:
             self.supervisors[w.name] = WorkloadSupervisor.options(name=f"{prefix}supervisor-{w.name}").remote(
                 w, str(workdir / w.name), config.run.seed, config.run.interval_s, prefix, histories.get(w.name)
             )
-        ray.get([s.start.remote() for s in self.supervisors.values()])
+        # Every workload's actors up first (seconds on a busy node), then all started at once.
+        ray.get([s.prepare.remote(shadow_wait_s) for s in self.supervisors.values()])
+        ray.get([s.start.remote(shadow_start_timeout_s) for s in self.supervisors.values()])
 
     def poll(self) -> dict[str, Polled]:
         names = [n for n in self.supervisors if n not in self.stopped]
