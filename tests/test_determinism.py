@@ -42,4 +42,5 @@ def test_prae_pretrain_passes_its_options_through_the_pinned_rerun_and_names_a_b
     )
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("prae: error: ") and str(missing) in proc.stderr and "Traceback" not in proc.stderr
+    assert "Fix: pass --traces the folder that holds bitbrains-rnd-2013-07/" in proc.stderr, proc.stderr
     assert not (tmp_path / "m.pt").exists()

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from prae.cli import report_errors
+from prae.errors import TraceFormatError
 from prae.model.module import ModelConfig
 from prae.model.predictor import Predictor
 from prae.model.training import TrainingWindows, concat_windows, evaluate, fit, windows_from_series
@@ -44,15 +45,27 @@ def is_heldout_bitbrains(series_id: str) -> bool:
     return vm is not None and vm % 5 == 0
 
 
+def trace_folder(traces: Path, name: str) -> Path:
+    """``traces/name``, or an error that names this command's option (the trace readers'
+    own errors name ``prae backtest``'s ``--trace``)."""
+    folder = traces / name
+    if not folder.exists():
+        raise TraceFormatError(
+            f"{folder}: no such folder. Fix: pass --traces the folder that holds {name}/"
+            f" (the shared traces, {DEFAULT_TRACES})"
+        )
+    return folder
+
+
 def load_training_series(traces: Path, step_s: float, with_others: bool) -> dict[str, list[Series]]:
     out: dict[str, list[Series]] = {}
-    bb = load_trace(traces / "bitbrains-rnd-2013-07", "bitbrains", step_s=step_s)
+    bb = load_trace(trace_folder(traces, "bitbrains-rnd-2013-07"), "bitbrains", step_s=step_s)
     out["bitbrains"] = [s for s in bb if not is_heldout_bitbrains(s.series_id)]
     if with_others:
         out["alibaba"] = load_trace(
-            traces / "alibaba2018-machine-usage-sample", "alibaba", step_s=step_s
+            trace_folder(traces, "alibaba2018-machine-usage-sample"), "alibaba", step_s=step_s
         )
-        out["google"] = load_trace(traces / "google2019-instance-usage", "google", step_s=step_s)
+        out["google"] = load_trace(trace_folder(traces, "google2019-instance-usage"), "google", step_s=step_s)
     return out
 
 
@@ -143,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     # held-out Bitbrains VMs: the same loss on series the model never saw
     heldout = [
         s
-        for s in load_trace(traces / "bitbrains-rnd-2013-07", "bitbrains", step_s=args.step_s)
+        for s in load_trace(trace_folder(traces, "bitbrains-rnd-2013-07"), "bitbrains", step_s=args.step_s)
         if is_heldout_bitbrains(s.series_id)
     ]
     hw = build_windows(heldout, config)
