@@ -628,6 +628,24 @@ def test_the_peak_from_kept_block_maxima_equals_scanning_the_window():
     assert checked > 100
 
 
+def timed_loop(tmp_path, telemetry: ScriptedTelemetry, clock: FakeClock) -> tuple[EngineLoop, FeedbackStore]:
+    """A loop whose forecasts are stamped and whose ticks are timed by ``clock``."""
+    cfg = config(tmp_path)
+    store = FeedbackStore(cfg.run.store_dir)
+    broker = ReservationBroker(FakePlacementBackend(capacity=16), None, "t-")
+    loop = EngineLoop(
+        cfg, telemetry, OracleForecaster(telemetry), BrokerAllocator(broker), store, clock=clock, timer=clock
+    )
+    return loop, store
+
+
+def cpu_forecasts(store: FeedbackStore) -> tuple[np.ndarray, np.ndarray]:
+    """(workload, issued_at) of every stored forecast, one row each."""
+    fc = store.read("forecasts")
+    cpu = fc.filter(np.array(fc.column("resource").to_pylist()) == "cpu")
+    return np.array(cpu.column("workload").to_pylist()), np.array(cpu.column("issued_at").to_pylist())
+
+
 class StallingTelemetry(ScriptedTelemetry):
     """'steps' sends no sample on ticks 8-11 (its sampler is stuck), and the poll at tick 8
     takes 2.5 s."""
@@ -643,18 +661,10 @@ class StallingTelemetry(ScriptedTelemetry):
 
 def test_a_workload_without_a_new_sample_gets_no_repeated_forecast_and_slow_ticks_are_counted(tmp_path):
     clock = FakeClock()
-    cfg = config(tmp_path)
     telemetry = StallingTelemetry(clock)
-    store = FeedbackStore(cfg.run.store_dir)
-    broker = ReservationBroker(FakePlacementBackend(capacity=16), None, "t-")
-    loop = EngineLoop(
-        cfg, telemetry, OracleForecaster(telemetry), BrokerAllocator(broker), store, clock=clock, timer=clock
-    )
+    loop, store = timed_loop(tmp_path, telemetry, clock)
     loop.run(sleep=clock.advance)
-    fc = store.read("forecasts")
-    cpu = fc.filter(np.array(fc.column("resource").to_pylist()) == "cpu")
-    names = np.array(cpu.column("workload").to_pylist())
-    issued = np.array(cpu.column("issued_at").to_pylist())
+    names, issued = cpu_forecasts(store)
     for name in ("steady", "steps"):
         times = issued[names == name]
         assert len(times) == len(set(times.tolist())), name  # one forecast per live sample at most
@@ -701,13 +711,8 @@ def test_ticks_follow_the_samplers_grid_so_an_oversleeping_loop_loses_no_forecas
     that tick's forecast is lost (4-5 of 27 here, before). On the grid every sample from the
     third on is forecast, whatever the phase the run started in."""
     clock = FakeClock(start)
-    cfg = config(tmp_path)
     telemetry = GridTelemetry(clock)
-    store = FeedbackStore(cfg.run.store_dir)
-    broker = ReservationBroker(FakePlacementBackend(capacity=16), None, "t-")
-    loop = EngineLoop(
-        cfg, telemetry, OracleForecaster(telemetry), BrokerAllocator(broker), store, clock=clock, timer=clock
-    )
+    loop, store = timed_loop(tmp_path, telemetry, clock)
     tick_times = []
     real_tick = loop.tick
 
@@ -717,10 +722,7 @@ def test_ticks_follow_the_samplers_grid_so_an_oversleeping_loop_loses_no_forecas
 
     loop.tick = tick
     loop.run(sleep=lambda s: clock.advance(s + 0.15))
-    fc = store.read("forecasts")
-    cpu = fc.filter(np.array(fc.column("resource").to_pylist()) == "cpu")
-    names = np.array(cpu.column("workload").to_pylist())
-    issued = np.array(cpu.column("issued_at").to_pylist())
+    names, issued = cpu_forecasts(store)
     samples = int(telemetry.end_ts - math.floor(start))  # 30
     for name in ("steady", "steps"):
         # (the last sample comes with the exit code: a finished workload is not forecast)
