@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 
@@ -67,3 +68,11 @@ class FakeClock:
 
 
 counter = itertools.count()
+
+
+def process_alive(pid: int) -> bool:
+    """Running: not gone and not a zombie (one whose parent died is reaped by init, or not)."""
+    try:
+        return "Z" not in Path(f"/proc/{pid}/stat").read_text().split(")")[1][:3]
+    except OSError:
+        return False

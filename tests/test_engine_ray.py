@@ -23,6 +23,7 @@ from prae.engine.runner import NAMESPACE, run  # noqa: E402
 from prae.engine.tick_timing import timing_text  # noqa: E402
 from prae.testing.forecast_timeline import forecast_timelines, shortfalls  # noqa: E402
 from prae.testing.local_cluster import free_port  # noqa: E402
+from tests.fakes import process_alive  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -269,3 +270,36 @@ def test_live_runs_start_together_and_an_unplaceable_shadow_is_dropped(local_ray
         assert np.allclose(np.diff([x.ts for x in s]), 0.5, atol=0.1), [x.ts for x in s]
     assert "shadow failed to start" in (notes["a"] or "") and "3 s" in notes["a"], notes
     assert notes["b"] is None
+
+
+def test_a_killed_supervisor_leaves_no_workload_running(local_ray, tmp_path):
+    """A supervisor that dies takes its hosts with it (Ray kills the actors it owns) and the
+    hosts' lifelines take the workloads: nothing runs on unwatched."""
+    from prae.engine.ray_ports import RayTelemetrySource
+
+    entry = "sh -c 'echo $$ > \"$PRAE_WORK_DIR/pid\"; exec sleep 120'"
+    cfg = parse_config(
+        {
+            "run": {"name": "orphans", "interval_s": 0.5, "store_dir": str(tmp_path / "store")},
+            "workloads": [
+                {"name": "a", "kind": "command", "entrypoint": entry, "resources": {"cpu": 0.1},
+                 "shadow": {"mode": "none"}},
+            ],
+        },
+        "orphans.yaml",
+    )
+    source = RayTelemetrySource(cfg, tmp_path / "work", "prae-orphans-")
+    pid_file = tmp_path / "work" / "a" / "live" / "pid"
+    deadline = time.time() + 30
+    while not pid_file.exists() and time.time() < deadline:
+        time.sleep(0.1)
+    pid = int(pid_file.read_text())
+    assert process_alive(pid)
+    ray.kill(source.supervisors["a"])
+    deadline = time.time() + 20
+    while process_alive(pid) and time.time() < deadline:
+        time.sleep(0.2)
+    gone = not process_alive(pid)
+    if not gone:
+        os.kill(pid, 9)  # our own workload: do not leave it behind
+    assert gone

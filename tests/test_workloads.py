@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import signal
+import subprocess
 import sys
 import textwrap
 import time
@@ -21,6 +23,7 @@ from prae.telemetry.sample import TelemetrySample
 from prae.workloads import forkserver
 from prae.workloads.process import WorkloadProcess
 from prae.workloads.sandbox import landlock_abi
+from tests.fakes import process_alive
 
 SMALL = {
     "etl": {"rows": 60_000, "partitions": 4, "customers": 5_000},
@@ -339,11 +342,45 @@ def test_stop_ends_the_whole_tree_and_is_idempotent(tmp_path) -> None:
     wp.stop(grace_s=2.0)
     wp.stop()
     assert wp.exit_code() == 128 + 15
-    for pid in pids:
-        assert (
-            not Path(f"/proc/{pid}").exists()
-            or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[1][:3]
-        )
+    assert not any(process_alive(pid) for pid in pids)
+    # the lifeline's watcher was let go, and killed nothing (a kill of the gone group fails)
+    assert wp._lifeline is not None and wp._lifeline.watcher.returncode == 0
+
+
+HOST = """
+import sys, time
+from prae.config import WorkloadSpec
+from prae.workloads.process import WorkloadProcess
+
+wp = WorkloadProcess(WorkloadSpec(name="t-orphan", kind="command", entrypoint=sys.argv[2]), "live", sys.argv[1])
+wp.start()
+while len(wp._tree_pids()) < 2:
+    time.sleep(0.05)
+print(" ".join(map(str, wp._tree_pids())), flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_workload_dies_with_the_process_that_started_it(tmp_path) -> None:
+    """The host (a Ray actor, in the engine) is SIGKILLed: nothing could stop the workload,
+    in its own session, so it ran on unwatched. The lifeline kills its whole tree."""
+    code = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); time.sleep(600)"
+    host = subprocess.Popen(
+        [sys.executable, "-c", HOST, str(tmp_path), f'{sys.executable} -c "{code}"'],
+        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1],
+    )
+    try:
+        assert host.stdout is not None
+        pids = [int(p) for p in host.stdout.readline().split()]
+        assert len(pids) >= 2 and all(process_alive(p) for p in pids)
+    finally:
+        host.kill()
+        host.wait()
+    wait_for(lambda: not any(process_alive(p) for p in pids), 10.0)
+    survivors = [p for p in pids if process_alive(p)]
+    for p in survivors:  # this test's own processes only
+        os.kill(p, signal.SIGKILL)
+    assert survivors == []
 
 
 # ----------------------------------------------------------------------------- bad definitions

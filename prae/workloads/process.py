@@ -42,6 +42,7 @@ from prae.telemetry.sample import TelemetrySample
 from prae.workloads import forkserver
 from prae.workloads.context import tag_ray_job_env
 from prae.workloads.kinds import check_spec, command_argv
+from prae.workloads.lifeline import Lifeline
 from prae.workloads.progress import ProgressEstimate, read_progress
 from prae.workloads.specio import spec_to_dict
 
@@ -96,6 +97,7 @@ class WorkloadProcess:
         self._result: dict[str, Any] | None = None
         self._lock = threading.RLock()
         self._watchdog: threading.Timer | None = None
+        self._lifeline: Lifeline | None = None
         self._started_at: float | None = None
         self._last_ts: float | None = None
         self._mem_byte_seconds = 0.0
@@ -134,6 +136,8 @@ class WorkloadProcess:
             self._popen = None if preload is None else self._fork(preload, env)
             if self._popen is None:
                 self._popen = self._spawn(env)
+                # Its session dies with this process, however this one dies (see lifeline).
+                self._lifeline = Lifeline(self._popen.pid)
             self._started_at = started
             self._last_ts = started
             self._sampler = ProcessTreeSampler(self._popen.pid, start_ts=started, tag=self.tag)
@@ -288,9 +292,15 @@ class WorkloadProcess:
         try:
             pid, status, usage = os.wait4(self._popen.pid, 0 if block else os.WNOHANG)
         except ChildProcessError:
-            self._code = self._popen.returncode if self._popen.returncode is not None else -1
-            return
+            pid, status, usage = -1, None, None
         if pid == 0:
+            return
+        if self._lifeline is not None:
+            # The root is reaped: its pid (the group's id) is free for reuse, and a watcher
+            # left to fire later could kill someone else's group. Leftovers are stop()'s.
+            self._lifeline.release()
+        if status is None or usage is None:  # reaped by someone else
+            self._code = self._popen.returncode if self._popen.returncode is not None else -1
             return
         code = os.waitstatus_to_exitcode(status)
         self._code = 128 - code if code < 0 else code
@@ -429,7 +439,7 @@ class WorkloadProcess:
             time.sleep(0.05)
         with self._lock:
             self._signal_tree(signal.SIGKILL)
-            self._reap(block=True)
+            self._reap(block=True)  # which lets the lifeline go
             if self._sampler is not None:
                 # Account the final totals for cost reporting; if that fails, the cost is
                 # what was measured so far.
