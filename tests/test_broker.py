@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
+
+import pytest
 
 from prae.engine.broker import (
     MAX_SLICES,
     SETTLE_S,
-    RecordMirror,
+    AllocatorMirror,
+    BrokerAllocator,
     ReservationBroker,
     bundle_for,
     bundles_for,
@@ -432,7 +436,7 @@ def test_the_record_mirror_keeps_what_was_asked_when_an_allocator_adopts_and_mar
                 "in_place_before_need": False, "pending_s": None}
         return {**base, **kw}
 
-    m = RecordMirror()
+    m = AllocatorMirror()
     m.merge([rec("a-0"), rec("a-1"), rec("a-2", state="queued", created_at=None)])
     m.merge([rec("a-0", state="ready", ready_at=4.0, in_place_before_need=True, pending_s=3.0), rec("a-1")])
     # the allocator restarts: it adopts a-0 (ready before) and a-1 (pending before), knows nothing of a-2
@@ -449,3 +453,33 @@ def test_the_record_mirror_keeps_what_was_asked_when_an_allocator_adopts_and_mar
     assert final["a-1"]["ready_at"] == 12.0 and not final["a-1"]["in_place_before_need"]
     assert final["a-1"]["pending_s"] == 11.0 and final["a-1"]["needed_at"] == 10.0
     assert final["a-2"]["state"] == "lost" and final["a-3"]["state"] == "removed"
+
+
+def test_the_mirror_keeps_the_resizes_of_an_allocator_that_died_and_counts_a_repeated_call_once():
+    """Before, the run summary's resizes were the last allocator's own: a restart lost
+    the count of every resize before it."""
+    backend = DescribingBackend(capacity=100)
+    mirror = AllocatorMirror()
+
+    def call(alloc, cpu, now, times=1):
+        requests = [req("a", cpu), req("b", 1.0 + cpu / 2)]
+        seen = mirror.resizes_seen
+        for _ in range(times):  # a call run again on a restarted actor (at least once)
+            report = alloc.apply_reporting(requests, now, -math.inf, seen)
+            mirror.asked(requests, now)
+            mirror.take(report)
+
+    first = BrokerAllocator(ReservationBroker(backend, None, "m-"))
+    for i, cpu in enumerate([1.0, 2.0, 3.0, 2.0]):
+        call(first, cpu, 100.0 * i, times=2 if i == 2 else 1)
+    before = first.broker.resize_summary()["resizes"]
+    assert before >= 3
+    assert mirror.resize_summary() == first.broker.resize_summary()  # one allocator: the same
+    backend.leftovers = [g for g in backend.groups if not g.removed]
+    second = BrokerAllocator(ReservationBroker(backend, None, "m-"))
+    for i, cpu in enumerate([4.0, 1.0]):
+        call(second, cpu, 400.0 + 100.0 * i, times=2 if i == 1 else 1)
+    after = second.broker.resize_summary()["resizes"]
+    got = mirror.resize_summary()
+    assert got["resizes"] == before + after and after >= 1
+    assert got["workloads"]["a"]["hours"] == pytest.approx(500.0 / 3600.0)  # from the first call on

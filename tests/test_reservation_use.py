@@ -327,3 +327,25 @@ def test_the_engines_records_of_reservations_survive_the_allocator_dying():
     assert rec["state"] == "removed" and rec["removed_at"] == now + 2.0
     assert live_names(PREFIX) == set()
     ray.kill(actor)
+
+
+def test_the_engines_count_of_resizes_survives_the_allocator_dying():
+    """Before, the run summary asked the allocator for its resizes: a restarted one had
+    counted none."""
+    actor = ray.remote(**ALLOCATOR_ACTOR_OPTIONS)(SlowAllocator).remote(AllocatorSpec(), PREFIX, own_floor=False)
+    port = RayAllocator(None, PREFIX, actor=actor)  # type: ignore[arg-type]
+    deadline = time.time() + 60
+    now = 1.0
+    for cpu in (1.0, 2.0):  # hold 1, then grow to 2: a resize
+        while port.apply([req("svc", cpu)], now).get("svc", (0.0, 0.0))[0] < cpu:
+            assert time.time() < deadline, port.records()
+            now += 1.0
+    before = port.resize_summary()
+    assert before["resizes"] >= 1 and before == ray.get(actor.resize_summary.remote())
+    ray.kill(actor, no_restart=False)
+    assert port.apply([req("svc", 2.0)], now + 1.0)["svc"][0] == 2.0  # on the restarted actor
+    assert ray.get(actor.resize_summary.remote())["resizes"] == 0  # it has counted none itself
+    assert port.resize_summary()["resizes"] == before["resizes"]
+    port.release_all(now + 2.0)
+    assert live_names(PREFIX) == set()
+    ray.kill(actor)

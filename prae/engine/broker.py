@@ -45,7 +45,8 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -165,6 +166,21 @@ def _kept(live: Sequence[Reservation], queued: Reservation | None = None) -> lis
     return [r for r in live if r.name not in going]
 
 
+def summarise_resizes(
+    first_seen: Mapping[str, float], last_seen: Mapping[str, float], resizes: Mapping[str, Sequence[Any]]
+) -> dict[str, Any]:
+    """Resizes per workload and per workload-hour of planning (at least a minute each)."""
+    per: dict[str, dict[str, float]] = {}
+    total, hours = 0, 0.0
+    for w, first in first_seen.items():
+        h = max(last_seen.get(w, first) - first, 60.0) / 3600.0
+        n = len(resizes.get(w, []))
+        per[w] = {"resizes": n, "hours": h, "per_hour": n / h}
+        total += n
+        hours += h
+    return {"workloads": per, "resizes": total, "resizes_per_workload_hour": total / hours if hours else 0.0}
+
+
 class ReservationBroker:
     def __init__(
         self,
@@ -192,6 +208,10 @@ class ReservationBroker:
         self.observed: dict[str, Reservation] = {}  # observe-only: what it would hold
         self.history: list[Reservation] = []
         self.resizes: dict[str, list[tuple[float, str]]] = {}  # workload -> (time, grow|shrink)
+        self.resize_log: list[tuple[str, float, str]] = []  # (workload, time, kind), in order
+        # Names this broker's life: a caller that mirrors resize_log by position starts again
+        # from 0 when a restarted allocator's broker (a new incarnation) answers.
+        self.incarnation = uuid.uuid4().hex
         self.first_seen: dict[str, float] = {}
         self.last_seen: dict[str, float] = {}
         self._floor: list[dict[str, float]] | None = None
@@ -275,15 +295,11 @@ class ReservationBroker:
     def resize_summary(self) -> dict[str, Any]:
         """Resizes (a slice added to, or slices removed from, a reservation already held)
         per workload and per workload-hour of planning."""
-        per: dict[str, dict[str, float]] = {}
-        total, hours = 0, 0.0
-        for w, first in self.first_seen.items():
-            h = max(self.last_seen.get(w, first) - first, 60.0) / 3600.0
-            n = len(self.resizes.get(w, []))
-            per[w] = {"resizes": n, "hours": h, "per_hour": n / h}
-            total += n
-            hours += h
-        return {"workloads": per, "resizes": total, "resizes_per_workload_hour": total / hours if hours else 0.0}
+        return summarise_resizes(self.first_seen, self.last_seen, self.resizes)
+
+    def _resized(self, workload: str, now: float, kind: str) -> None:
+        self.resizes.setdefault(workload, []).append((now, kind))
+        self.resize_log.append((workload, now, kind))
 
     # ------------------------------------------------------------------ the step
 
@@ -357,7 +373,7 @@ class ReservationBroker:
             left_cpu, left_mem = left_cpu - res.cpu, left_mem - res.mem
             removed = True
         if removed:
-            self.resizes.setdefault(workload, []).append((now, "shrink"))
+            self._resized(workload, now, "shrink")
         # Not for a workload with a task unit: it schedules tasks into its groups by name
         # (ReservationPlacer), and a task submitted to a group just removed is left
         # infeasible by Ray forever (ray#18572): the e2e demo's staged job hung on one.
@@ -422,7 +438,7 @@ class ReservationBroker:
             return
         if old is not None:
             old.state, old.removed_at = "removed", now
-            self.resizes.setdefault(req.workload, []).append((now, "grow" if req.cpu >= old.cpu else "shrink"))
+            self._resized(req.workload, now, "grow" if req.cpu >= old.cpu else "shrink")
         res = self._slice(req, req.cpu, req.mem, now, state="observed")
         self.observed[req.workload] = res
         self.history.append(res)
@@ -459,7 +475,7 @@ class ReservationBroker:
             fresh.append(res)
             live = self.slices.setdefault(workload, [])
             if live and not res.replaces:  # a replacement counts as a shrink when done
-                self.resizes.setdefault(workload, []).append((now, "grow"))
+                self._resized(workload, now, "grow")
             live.append(res)
         self._refresh(now)
 
@@ -493,7 +509,7 @@ class ReservationBroker:
                 res.preempted_by = waiting[0].workload
                 self._remove(res, now)
                 live.remove(res)
-                self.resizes.setdefault(workload, []).append((now, "shrink"))
+                self._resized(workload, now, "shrink")
                 need -= res.cpu
         self._refresh(now)
 
@@ -520,7 +536,7 @@ class ReservationBroker:
         new.replaces = []
         # a consolidation (``_consolidate``) grows what the workload holds; a replacement shrinks it
         grew = new.cpu > _total(gone)[0] + EPS or new.mem > _total(gone)[1] + EPS
-        self.resizes.setdefault(workload, []).append((now, "grow" if grew else "shrink"))
+        self._resized(workload, now, "grow" if grew else "shrink")
 
     def _set_floor(self, floor: list[dict[str, float]]) -> None:
         """Re-assert our floor every step while we have one: another component (Ray Data)
@@ -576,26 +592,64 @@ class BrokerAllocator:
         return self.broker.records()
 
     def apply_reporting(
-        self, requests: Sequence[ResourceRequest], now: float, since: float
-    ) -> tuple[dict[str, tuple[float, float]], list[dict[str, Any]]]:
-        """``apply``, and the records changed since ``since`` (``RecordMirror`` keeps them)."""
+        self, requests: Sequence[ResourceRequest], now: float, since: float, resizes_seen: tuple[str, int] = ("", 0)
+    ) -> AllocatorReport:
+        """``apply``, with what changed for a caller that mirrors it (``AllocatorMirror``):
+        the records changed since ``since``, and the resizes after the ``resizes_seen``
+        (incarnation, count) it has -- all of them if that was another incarnation's."""
         held = self.apply(requests, now)
-        return held, self.broker.changed_records(since)
+        incarnation, seen = resizes_seen
+        start = seen if incarnation == self.broker.incarnation else 0
+        return AllocatorReport(
+            held, self.broker.changed_records(since), self.broker.incarnation, start, self.broker.resize_log[start:]
+        )
 
 
-class RecordMirror:
-    """The allocator's decision records, kept by its caller call by call, so that an
-    allocator that dies loses none of them.
+@dataclass(frozen=True)
+class AllocatorReport:
+    held: dict[str, tuple[float, float]]  # what each workload holds in ready groups
+    records: list[dict[str, Any]]  # the decision records changed since the caller's last call
+    incarnation: str  # the broker's
+    resizes_from: int  # the position in its resize log the ``resizes`` start at
+    resizes: list[tuple[str, float, str]]  # (workload, time, grow|shrink)
+
+
+class AllocatorMirror:
+    """What the allocator decided, kept by its caller call by call, so that an allocator
+    that dies loses none of it: its decision records and its resizes.
 
     A restarted allocator starts with an empty history: the groups its predecessor made
     come back as ``adopted`` records, with none of what was asked for and when. Merged by
     group name, an adopted record only updates what the allocator now knows of a group the
     mirror has already seen (its state, when it became ready or was removed); every other
-    record replaces the mirror's copy of it (the allocator's newer view).
+    record replaces the mirror's copy of it (the allocator's newer view). Resizes are
+    appended by their position in the answering broker's log, so a call run twice (at least
+    once, on a restarted actor) counts none twice.
     """
 
     def __init__(self) -> None:
         self.by_name: dict[str, dict[str, Any]] = {}
+        self.resizes: dict[str, list[tuple[float, str]]] = {}
+        self.first_seen: dict[str, float] = {}
+        self.last_seen: dict[str, float] = {}
+        self.resizes_seen: tuple[str, int] = ("", 0)  # (incarnation, how many of its log)
+
+    def asked(self, requests: Iterable[ResourceRequest], now: float) -> None:
+        """The requests of one call: the planning hours the resize rate is per."""
+        for req in requests:
+            self.first_seen.setdefault(req.workload, now)
+            self.last_seen[req.workload] = now
+
+    def take(self, report: AllocatorReport) -> None:
+        self.merge(report.records)
+        incarnation, seen = self.resizes_seen
+        skip = seen - report.resizes_from if incarnation == report.incarnation else 0
+        for workload, at, kind in report.resizes[max(0, skip) :]:
+            self.resizes.setdefault(workload, []).append((at, kind))
+        self.resizes_seen = (report.incarnation, report.resizes_from + len(report.resizes))
+
+    def resize_summary(self) -> dict[str, Any]:
+        return summarise_resizes(self.first_seen, self.last_seen, self.resizes)
 
     def merge(self, records: Iterable[dict[str, Any]]) -> None:
         for rec in records:

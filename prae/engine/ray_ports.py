@@ -16,7 +16,7 @@ import ray
 
 from prae.config import PraeConfig, PredictorSpec
 from prae.engine.actors import AllocatorActor, WorkloadSupervisor
-from prae.engine.broker import RecordMirror
+from prae.engine.broker import AllocatorMirror
 from prae.engine.loop import ForecastBatch, Polled
 from prae.engine.tracker import RoleStatus
 from prae.policy.fallback import rule_forecast
@@ -134,21 +134,25 @@ class ServeForecaster:
 
 
 class RayAllocator:
-    """The loop's ``Allocator`` port over the allocator actor. Its decision records are
-    mirrored here call by call (``RecordMirror``): a restarted actor loses none of them."""
+    """The loop's ``Allocator`` port over the allocator actor. Its decision records and
+    resizes are mirrored here call by call (``AllocatorMirror``): a restarted actor loses
+    none of them."""
 
     def __init__(self, config: PraeConfig, prefix: str, actor: Any = None) -> None:
         self.actor = actor or AllocatorActor.options(name=f"{prefix}allocator", get_if_exists=True).remote(
             config.allocator, f"{prefix}res-"
         )
-        self.mirror = RecordMirror()
+        self.mirror = AllocatorMirror()
         self._since = -math.inf
 
     def apply(self, requests: Sequence[ResourceRequest], now: float) -> dict[str, tuple[float, float]]:
-        held, changed = ray.get(self.actor.apply_reporting.remote(list(requests), now, self._since))
-        self.mirror.merge(changed)
+        report = ray.get(
+            self.actor.apply_reporting.remote(list(requests), now, self._since, self.mirror.resizes_seen)
+        )
+        self.mirror.asked(requests, now)
+        self.mirror.take(report)
         self._since = now
-        return held
+        return report.held
 
     def release(self, workload: str, now: float) -> None:
         ray.get(self.actor.release.remote(workload, now))
@@ -162,8 +166,8 @@ class RayAllocator:
     def ready_group_names(self, workload: str) -> list[str]:
         return ray.get(self.actor.ready_group_names.remote(workload))
 
-    def resize_summary(self) -> Any:
-        return ray.get(self.actor.resize_summary.remote())
+    def resize_summary(self) -> dict[str, Any]:
+        return self.mirror.resize_summary()
 
 
 TRAIN_ACTOR_CLASSES = ("TrainController", "RayTrainWorker")
