@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import threading
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -729,3 +731,62 @@ def test_ticks_follow_the_samplers_grid_so_an_oversleeping_loop_loses_no_forecas
         assert sorted(issued[names == name].tolist()) == [math.floor(start) + k for k in range(3, samples)]
     # after the first, every tick was half an interval (+ the oversleep) after a grid point
     assert all(abs((t % 1.0) - 0.65) < 1e-6 for t in tick_times[1:]), tick_times[:5]
+
+
+class GatedStore(FeedbackStore):
+    """Its writes wait for ``gate`` (a slow disk)."""
+
+    def __init__(self, root) -> None:
+        super().__init__(root)
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def _write_buffers(self) -> int:
+        self.gate.wait(5.0)
+        return super()._write_buffers()
+
+
+class DiskReadingRetrainer(CountingRetrainer):
+    """Records how many telemetry rows a retraining would read from disk when it starts."""
+
+    def __init__(self, root) -> None:
+        super().__init__()
+        self.root = root
+        self.rows_on_disk: list[int] = []
+
+    def start(self, version: int) -> None:
+        self.rows_on_disk.append(FeedbackStore(self.root).read("telemetry").num_rows)
+        super().start(version)
+
+
+def test_a_due_retraining_waits_for_its_flush_on_the_flush_thread_not_in_the_tick(tmp_path):
+    """Before, the tick that started a retraining wrote the store itself (the run reads it):
+    a slow disk held every workload's forecast. Now the flush runs on its thread and the
+    retraining starts at the first tick after it has finished, with every row before it."""
+    clock = FakeClock()
+    cfg = config(tmp_path)  # retrain every 5 s
+    telemetry = ScriptedTelemetry(clock)
+    store = GatedStore(cfg.run.store_dir)
+    retrainer = DiskReadingRetrainer(cfg.run.store_dir)
+    broker = ReservationBroker(FakePlacementBackend(capacity=16), None, "t-")
+    loop = EngineLoop(cfg, telemetry, OracleForecaster(telemetry), BrokerAllocator(broker), store, retrainer, clock=clock)
+    for _ in range(5):
+        loop.tick()
+        clock.advance(1.0)
+    while store.flushing():  # the periodic flush of tick 5
+        time.sleep(0.01)
+    store.gate.clear()  # the disk stalls
+    rows_before = telemetry.t * 4  # 2 workloads x (live + shadow) a tick, all polled so far
+    t0 = time.monotonic()
+    loop.tick()  # due: starts the flush
+    clock.advance(1.0)
+    loop.tick()  # the flush is still writing: no retraining yet
+    assert time.monotonic() - t0 < 2.0  # neither tick waited for the disk (5 s)
+    assert retrainer.started == [] and store.flushing()
+    store.gate.set()
+    while store.flushing():
+        time.sleep(0.01)
+    clock.advance(1.0)
+    loop.tick()
+    assert retrainer.started == [1]
+    assert retrainer.rows_on_disk[0] >= rows_before + 4  # everything up to the due tick

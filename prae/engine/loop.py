@@ -171,6 +171,7 @@ class EngineLoop:
         self.started_at = clock()
         self.last_retrain_at = self.started_at
         self.retrain_runs = 0
+        self._retrain_flush = False  # a retraining waits for the flush started for it
         self.fallback_ticks = 0
         self.timing = TickTiming(config.run.interval_s, timer)
 
@@ -342,11 +343,20 @@ class EngineLoop:
             self.model_version = after
             self.swaps.append(SwapEvent(now, new_ckpt, before, after))
             log.info("hot-swapped predictor %s -> %s (%s)", before, after, new_ckpt)
-        if not self.retrainer.running and now - self.last_retrain_at >= spec.every_s:
-            self.store.flush()  # the run reads the store: give it everything so far
+        if self._retrain_flush:
+            # The run reads the store: it starts once everything up to its due tick is on
+            # disk, written on the flush thread (a tick that wrote it itself took up to
+            # 1.7 s on a loaded machine, and every workload's forecast waited).
+            if not self.store.flushing():
+                self._retrain_flush = False
+                self.retrain_runs += 1
+                self.retrainer.start(self.retrain_runs)
+        elif not self.retrainer.running and now - self.last_retrain_at >= spec.every_s:
+            if self.store.flushing():
+                return  # the periodic flush is still writing: the next tick asks again
+            self.store.start_flush()
             self.last_retrain_at = now
-            self.retrain_runs += 1
-            self.retrainer.start(self.retrain_runs)
+            self._retrain_flush = True
 
     # ------------------------------------------------------------------ whole run
 

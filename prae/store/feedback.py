@@ -197,11 +197,15 @@ class FeedbackStore:
         nothing started, while the previous one is still writing: the rows stay buffered
         for the next. A failed background write is logged and its rows are put back, so
         the next flush retries them (and ``flush`` raises if it fails too)."""
-        if self._writer is not None and self._writer.is_alive():
+        if self.flushing():
             return False
         self._writer = threading.Thread(target=self._write_in_background, name="prae-store-flush", daemon=True)
         self._writer.start()
         return True
+
+    def flushing(self) -> bool:
+        """Whether a background flush is still writing."""
+        return self._writer is not None and self._writer.is_alive()
 
     def _write_in_background(self) -> None:
         try:
