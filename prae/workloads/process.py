@@ -137,7 +137,10 @@ class WorkloadProcess:
             if self._popen is None:
                 self._popen = self._spawn(env)
                 # Its session dies with this process, however this one dies (see lifeline).
-                self._lifeline = Lifeline(self._popen.pid)
+                try:
+                    self._lifeline = Lifeline(self._popen.pid)
+                except OSError as exc:  # the workload runs on; only a crash would orphan it
+                    log.warning("workload '%s' (%s) has no lifeline: %s", self.spec.name, self.role, exc)
             self._started_at = started
             self._last_ts = started
             self._sampler = ProcessTreeSampler(self._popen.pid, start_ts=started, tag=self.tag)
