@@ -166,15 +166,21 @@ def _kept(live: Sequence[Reservation], queued: Reservation | None = None) -> lis
     return [r for r in live if r.name not in going]
 
 
+ResizeEvent = tuple[str, float, str]  # (workload, time, grow|shrink)
+
+
 def summarise_resizes(
-    first_seen: Mapping[str, float], last_seen: Mapping[str, float], resizes: Mapping[str, Sequence[Any]]
+    first_seen: Mapping[str, float], last_seen: Mapping[str, float], log: Iterable[ResizeEvent]
 ) -> dict[str, Any]:
     """Resizes per workload and per workload-hour of planning (at least a minute each)."""
+    counts: dict[str, int] = {}
+    for workload, _, _ in log:
+        counts[workload] = counts.get(workload, 0) + 1
     per: dict[str, dict[str, float]] = {}
     total, hours = 0, 0.0
     for w, first in first_seen.items():
         h = max(last_seen.get(w, first) - first, 60.0) / 3600.0
-        n = len(resizes.get(w, []))
+        n = counts.get(w, 0)
         per[w] = {"resizes": n, "hours": h, "per_hour": n / h}
         total += n
         hours += h
@@ -207,8 +213,7 @@ class ReservationBroker:
         self.queue: dict[str, Reservation] = {}  # workload -> the next slice, waiting for a pending slot
         self.observed: dict[str, Reservation] = {}  # observe-only: what it would hold
         self.history: list[Reservation] = []
-        self.resizes: dict[str, list[tuple[float, str]]] = {}  # workload -> (time, grow|shrink)
-        self.resize_log: list[tuple[str, float, str]] = []  # (workload, time, kind), in order
+        self.resize_log: list[ResizeEvent] = []  # in order
         # Names this broker's life: a caller that mirrors resize_log by position starts again
         # from 0 when a restarted allocator's broker (a new incarnation) answers.
         self.incarnation = uuid.uuid4().hex
@@ -295,10 +300,17 @@ class ReservationBroker:
     def resize_summary(self) -> dict[str, Any]:
         """Resizes (a slice added to, or slices removed from, a reservation already held)
         per workload and per workload-hour of planning."""
-        return summarise_resizes(self.first_seen, self.last_seen, self.resizes)
+        return summarise_resizes(self.first_seen, self.last_seen, self.resize_log)
+
+    @property
+    def resizes(self) -> dict[str, list[tuple[float, str]]]:
+        """workload -> its (time, grow|shrink), from the log."""
+        out: dict[str, list[tuple[float, str]]] = {}
+        for workload, at, kind in self.resize_log:
+            out.setdefault(workload, []).append((at, kind))
+        return out
 
     def _resized(self, workload: str, now: float, kind: str) -> None:
-        self.resizes.setdefault(workload, []).append((now, kind))
         self.resize_log.append((workload, now, kind))
 
     # ------------------------------------------------------------------ the step
@@ -611,7 +623,7 @@ class AllocatorReport:
     records: list[dict[str, Any]]  # the decision records changed since the caller's last call
     incarnation: str  # the broker's
     resizes_from: int  # the position in its resize log the ``resizes`` start at
-    resizes: list[tuple[str, float, str]]  # (workload, time, grow|shrink)
+    resizes: list[ResizeEvent]
 
 
 class AllocatorMirror:
@@ -629,7 +641,7 @@ class AllocatorMirror:
 
     def __init__(self) -> None:
         self.by_name: dict[str, dict[str, Any]] = {}
-        self.resizes: dict[str, list[tuple[float, str]]] = {}
+        self.resize_log: list[ResizeEvent] = []  # every allocator's, in the order taken
         self.first_seen: dict[str, float] = {}
         self.last_seen: dict[str, float] = {}
         self.resizes_seen: tuple[str, int] = ("", 0)  # (incarnation, how many of its log)
@@ -644,12 +656,11 @@ class AllocatorMirror:
         self.merge(report.records)
         incarnation, seen = self.resizes_seen
         skip = seen - report.resizes_from if incarnation == report.incarnation else 0
-        for workload, at, kind in report.resizes[max(0, skip) :]:
-            self.resizes.setdefault(workload, []).append((at, kind))
+        self.resize_log.extend(report.resizes[max(0, skip) :])
         self.resizes_seen = (report.incarnation, report.resizes_from + len(report.resizes))
 
     def resize_summary(self) -> dict[str, Any]:
-        return summarise_resizes(self.first_seen, self.last_seen, self.resizes)
+        return summarise_resizes(self.first_seen, self.last_seen, self.resize_log)
 
     def merge(self, records: Iterable[dict[str, Any]]) -> None:
         for rec in records:
