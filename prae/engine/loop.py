@@ -15,6 +15,7 @@ The ports are Protocols: Ray implements them in :mod:`prae.engine.ray_ports`, te
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -100,6 +101,34 @@ class Retrainer(Protocol):
     def running(self) -> bool: ...
 
 
+class HotSwap:
+    """``forecaster.swap`` on a thread of its own. A redeploy of the Serve app waits until
+    every replica has loaded the new weights (1.4 s of a tick under load, here), and the
+    replicas keep answering with the old ones meanwhile: the tick need not wait for it."""
+
+    def __init__(self, forecaster: Forecaster, checkpoint: str, before: str) -> None:
+        self.checkpoint, self.before = checkpoint, before
+        self.after = ""
+        self.error: Exception | None = None
+        self.thread = threading.Thread(target=self._run, args=(forecaster,), name="prae-hot-swap", daemon=True)
+        self.thread.start()
+
+    def _run(self, forecaster: Forecaster) -> None:
+        try:
+            self.after = forecaster.swap(self.checkpoint)
+        except Exception as exc:  # reported by the loop; the served model stays
+            self.error = exc
+
+    def done(self, wait_s: float = 0.0) -> bool:
+        if wait_s > 0:
+            self.thread.join(wait_s)
+        return not self.thread.is_alive()
+
+
+# How long the end of a run waits for a hot swap in progress before reporting without it.
+SWAP_WAIT_S = 60.0
+
+
 @dataclass
 class SwapEvent:
     at: float
@@ -171,7 +200,8 @@ class EngineLoop:
         self.started_at = clock()
         self.last_retrain_at = self.started_at
         self.retrain_runs = 0
-        self._retrain_flush = False  # a retraining waits for the flush started for it
+        self._retrain_after_flush: int | None = None  # a due retraining waits for this flush
+        self._swap: HotSwap | None = None  # a promoted model being loaded into Serve
         self.fallback_ticks = 0
         self.timing = TickTiming(config.run.interval_s, timer)
 
@@ -336,27 +366,39 @@ class EngineLoop:
         spec = self.config.retrain
         if self.retrainer is None or not spec.enabled:
             return
-        new_ckpt = self.retrainer.poll()
-        if new_ckpt is not None:
-            before = self.model_version
-            after = self.forecaster.swap(new_ckpt)
-            self.model_version = after
-            self.swaps.append(SwapEvent(now, new_ckpt, before, after))
-            log.info("hot-swapped predictor %s -> %s (%s)", before, after, new_ckpt)
-        if self._retrain_flush:
+        self._finish_swap(now)
+        if self._swap is None:
+            new_ckpt = self.retrainer.poll()
+            if new_ckpt is not None:
+                self._swap = HotSwap(self.forecaster, new_ckpt, self.model_version)
+        if self._retrain_after_flush is not None:
             # The run reads the store: it starts once everything up to its due tick is on
             # disk, written on the flush thread (a tick that wrote it itself took up to
-            # 1.7 s on a loaded machine, and every workload's forecast waited).
-            if not self.store.flushing():
-                self._retrain_flush = False
+            # 1.7 s on a loaded machine, and every workload's forecast waited). Flushes run
+            # one at a time; the one it waits for is the first started at or after that tick.
+            if self.store.flushes_started < self._retrain_after_flush:
+                self.store.start_flush()
+            elif self.store.flushes_ended >= self._retrain_after_flush:
+                self._retrain_after_flush = None
                 self.retrain_runs += 1
                 self.retrainer.start(self.retrain_runs)
         elif not self.retrainer.running and now - self.last_retrain_at >= spec.every_s:
-            if self.store.flushing():
-                return  # the periodic flush is still writing: the next tick asks again
-            self.store.start_flush()
+            started = self.store.start_flush()  # refused while another is writing
+            self._retrain_after_flush = self.store.flushes_started + (0 if started else 1)
             self.last_retrain_at = now
-            self._retrain_flush = True
+
+    def _finish_swap(self, now: float, wait_s: float = 0.0) -> None:
+        """Record a hot swap that has finished (waiting up to ``wait_s`` for it)."""
+        swap = self._swap
+        if swap is None or not swap.done(wait_s):
+            return
+        self._swap = None
+        if swap.error is not None:
+            log.error("hot swap of %s failed; the served model stays: %r", swap.checkpoint, swap.error)
+            return
+        self.model_version = swap.after
+        self.swaps.append(SwapEvent(now, swap.checkpoint, swap.before, swap.after))
+        log.info("hot-swapped predictor %s -> %s (%s)", swap.before, swap.after, swap.checkpoint)
 
     # ------------------------------------------------------------------ whole run
 
@@ -382,6 +424,9 @@ class EngineLoop:
 
     def close(self) -> None:
         now = self.clock()
+        self._finish_swap(now, wait_s=SWAP_WAIT_S)  # one in progress is reported, not lost
+        if self._swap is not None:
+            log.warning("hot swap of %s still loading at the end of the run: not reported", self._swap.checkpoint)
         if self.retrainer is not None:
             self.retrainer.stop()  # a half-done run's weights are never swapped in
         self.telemetry.stop(None)

@@ -168,6 +168,10 @@ class FeedbackStore:
         self._lock = threading.Lock()
         self._seq = 0
         self._writer: threading.Thread | None = None  # the background flush, if one was started
+        # Background flushes started and ended (written or failed), one at a time: a caller
+        # that needs the rows buffered at some moment on disk waits for the one it started.
+        self.flushes_started = 0
+        self.flushes_ended = 0
         self._unmerged: dict[tuple[str, str], int] = {}  # flush files per folder, not merged yet
 
     # ------------------------------------------------------------------ writing
@@ -199,7 +203,10 @@ class FeedbackStore:
         the next flush retries them (and ``flush`` raises if it fails too)."""
         if self.flushing():
             return False
-        self._writer = threading.Thread(target=self._write_in_background, name="prae-store-flush", daemon=True)
+        self.flushes_started += 1
+        self._writer = threading.Thread(
+            target=self._write_in_background, args=(self.flushes_started,), name="prae-store-flush", daemon=True
+        )
         self._writer.start()
         return True
 
@@ -207,11 +214,13 @@ class FeedbackStore:
         """Whether a background flush is still writing."""
         return self._writer is not None and self._writer.is_alive()
 
-    def _write_in_background(self) -> None:
+    def _write_in_background(self, number: int) -> None:
         try:
             self._write_buffers()
         except Exception as exc:  # the rows are back in the buffers; the next flush retries
             log.warning("background flush of the feedback store failed (%s); its rows are kept for the next", exc)
+        finally:
+            self.flushes_ended = number
 
     def _write_buffers(self) -> int:
         with self._lock:
