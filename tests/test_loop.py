@@ -830,12 +830,13 @@ def test_a_hot_swap_loads_on_its_own_thread_while_the_ticks_go_on(tmp_path, fail
     retrainer = CountingRetrainer()
     broker = ReservationBroker(FakePlacementBackend(capacity=16), None, "t-")
     loop = EngineLoop(cfg, telemetry, forecaster, BrokerAllocator(broker), store, retrainer, clock=clock)
-    t0 = time.monotonic()
     while loop._swap is None:  # until the retraining's checkpoint is being swapped in
         loop.tick()
         clock.advance(1.0)
-        time.sleep(0.01)  # real time for the flush thread the retraining waits for
+        while store.flushing():  # as in run_loop: a flush ends within an interval
+            time.sleep(0.001)
         assert clock.now < 1030
+    t0 = time.monotonic()
     for _ in range(3):  # the swap is still loading: ticks go on, with the old model
         loop.tick()
         clock.advance(1.0)
