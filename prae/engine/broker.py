@@ -113,21 +113,27 @@ class Reservation:
 
     @property
     def in_place_before_need(self) -> bool:
-        return self.ready_at is not None and self.ready_at <= self.needed_at
+        return bool(readiness(self.created_at, self.ready_at, self.needed_at)["in_place_before_need"])
 
     @property
     def pending_s(self) -> float | None:
         """How long it waited in Ray (None while still waiting or never handed over)."""
-        if self.created_at is None or self.ready_at is None:
-            return None
-        return self.ready_at - self.created_at
+        return readiness(self.created_at, self.ready_at, self.needed_at)["pending_s"]
 
     def record(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("handle")
-        d["in_place_before_need"] = self.in_place_before_need
-        d["pending_s"] = self.pending_s
+        d.update(readiness(self.created_at, self.ready_at, self.needed_at))
         return d
+
+
+def readiness(created_at: float | None, ready_at: float | None, needed_at: float) -> dict[str, Any]:
+    """What a record derives from its times: whether the group was ready by the time it was
+    needed, and how long it waited in Ray (None while waiting or never handed over)."""
+    return {
+        "in_place_before_need": ready_at is not None and ready_at <= needed_at,
+        "pending_s": None if created_at is None or ready_at is None else ready_at - created_at,
+    }
 
 
 def bundle_for(cpu: float, mem: float) -> dict[str, float]:
@@ -672,9 +678,7 @@ class AllocatorMirror:
             for key in ("ready_at", "removed_at"):
                 if old.get(key) is None and rec.get(key) is not None:
                     old[key] = rec[key]
-            ready, needed, created = old.get("ready_at"), old.get("needed_at"), old.get("created_at")
-            old["in_place_before_need"] = ready is not None and ready <= needed
-            old["pending_s"] = None if ready is None or created is None else ready - created
+            old.update(readiness(old.get("created_at"), old.get("ready_at"), old["needed_at"]))
 
     def final(self, last: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         """All records, after merging the allocator's own final ``records``. One the mirror
