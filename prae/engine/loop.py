@@ -374,17 +374,13 @@ class EngineLoop:
         if self._retrain_after_flush is not None:
             # The run reads the store: it starts once everything up to its due tick is on
             # disk, written on the flush thread (a tick that wrote it itself took up to
-            # 1.7 s on a loaded machine, and every workload's forecast waited). Flushes run
-            # one at a time; the one it waits for is the first started at or after that tick.
-            if self.store.flushes_started < self._retrain_after_flush:
-                self.store.start_flush()
-            elif self.store.flushes_ended >= self._retrain_after_flush:
+            # 1.7 s on a loaded machine, and every workload's forecast waited).
+            if self.store.flush_done(self._retrain_after_flush):
                 self._retrain_after_flush = None
                 self.retrain_runs += 1
                 self.retrainer.start(self.retrain_runs)
         elif not self.retrainer.running and now - self.last_retrain_at >= spec.every_s:
-            started = self.store.start_flush()  # refused while another is writing
-            self._retrain_after_flush = self.store.flushes_started + (0 if started else 1)
+            self._retrain_after_flush = self.store.request_flush()
             self.last_retrain_at = now
 
     def _finish_swap(self, now: float, wait_s: float = 0.0) -> None:

@@ -210,6 +210,19 @@ class FeedbackStore:
         self._writer.start()
         return True
 
+    def request_flush(self) -> int:
+        """The number of the first background flush that writes every row appended so far,
+        for ``flush_done``: one started now, or, while another is writing, the next."""
+        started = self.start_flush()  # counted in flushes_started
+        return self.flushes_started + (0 if started else 1)
+
+    def flush_done(self, number: int) -> bool:
+        """Whether background flush ``number`` has ended; starts it once the one writing
+        when it was requested has ended."""
+        if self.flushes_started < number:
+            self.start_flush()
+        return self.flushes_ended >= number
+
     def flushing(self) -> bool:
         """Whether a background flush is still writing."""
         return self._writer is not None and self._writer.is_alive()
