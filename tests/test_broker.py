@@ -483,3 +483,124 @@ def test_the_mirror_keeps_the_resizes_of_an_allocator_that_died_and_counts_a_rep
     got = mirror.resize_summary()
     assert got["resizes"] == before + after and after >= 1
     assert got["workloads"]["a"]["hours"] == pytest.approx(500.0 / 3600.0)  # from the first call on
+
+
+def swing(alloc, steps, since_lag=1, workloads=("a", "b", "c"), step_s=10.0, mirror=None, repeat_every=0):
+    """Drive ``alloc`` through ``steps`` calls whose targets swing between 1 and 4 cores, as
+    the engine's port does (``since`` = the previous call's time); with ``mirror``, each
+    report goes to it, and every ``repeat_every``-th call is run twice (a retried call)."""
+    since = -math.inf
+    for i in range(steps):
+        now = step_s * i
+        requests = [req(w, 1.0 + 3.0 * ((i // (2 + j)) % 2), needed_at=now + 5.0) for j, w in enumerate(workloads)]
+        times = 2 if repeat_every and i % repeat_every == repeat_every - 1 else 1
+        seen = mirror.resizes_seen if mirror is not None else ("", 0)
+        for _ in range(times):
+            report = alloc.apply_reporting(requests, now, since, seen)
+            if mirror is not None:
+                mirror.asked(requests, now)
+                mirror.take(report)
+        since = now
+    return since
+
+
+def test_a_long_lived_broker_keeps_the_open_reservations_and_a_window_of_closed_ones():
+    """Before, the broker kept every record and every resize it ever made, and scanned all of
+    them each call: a long-lived engine's allocator grew without bound."""
+    kept = BrokerAllocator(ReservationBroker(FakePlacementBackend(capacity=100), None, "k-"))
+    bounded = BrokerAllocator(ReservationBroker(FakePlacementBackend(capacity=100), None, "b-", keep_closed_s=60.0))
+    swing(kept, 600)
+    swing(bounded, 600)
+    everything = kept.broker.records()
+    assert len(everything) > 300  # each swing makes and removes groups
+    last = max(r["removed_at"] for r in everything if r["removed_at"] is not None)  # pruned at a removal
+    window = [r for r in everything if r["removed_at"] is None or r["removed_at"] >= last - 60.0]
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "name"} for r in rs]  # noqa: E731
+    assert strip(bounded.broker.records()) == strip(window)  # the same, in the same order
+    assert len(bounded.broker.history) <= 3 * MAX_SLICES + 3 * 7  # open + 6 steps of closings
+    assert len(bounded.broker.resize_log) < 3 * 7
+    # the counts are never pruned: the summary is the whole run's
+    assert bounded.broker.resize_summary() == kept.broker.resize_summary()
+    assert bounded.broker.resize_summary()["resizes"] > 300
+    # what a call changed is still reported in full
+    since = 5990.0
+    assert strip(bounded.broker.changed_records(since)) == strip(kept.broker.changed_records(since))
+    with pytest.raises(ValueError, match="keep_closed_s"):
+        ReservationBroker(FakePlacementBackend(), None, "x-", keep_closed_s=0.0)
+
+
+def test_a_mirror_with_a_sink_keeps_the_open_records_and_hands_each_closed_one_over_once():
+    sunk: list[dict] = []
+    mirror = AllocatorMirror(sunk.extend)
+    broker = ReservationBroker(FakePlacementBackend(capacity=100), None, "s-", keep_closed_s=60.0)
+    alloc = BrokerAllocator(broker)
+    swing(alloc, 600, mirror=mirror, repeat_every=7)
+    assert len(mirror.by_name) <= 3 * MAX_SLICES  # the open ones only
+    assert len(mirror._sunk) <= 3 * 7  # the names it may still be sent, no more
+    names = [r["name"] for r in sunk]
+    assert len(names) == len(set(names)) > 300  # each closed record once, retried calls too
+    assert all(r["state"] == "removed" for r in sunk)
+    alloc.release_all(6000.0)
+    rest = mirror.final(alloc.records())
+    assert rest and {r["state"] for r in rest} == {"removed"} and len(sunk) == len(names) + len(rest)
+    assert not mirror.by_name
+    # the same run, everything kept: the same records, the same resizes
+    reference = BrokerAllocator(ReservationBroker(FakePlacementBackend(capacity=100), None, "s-"))
+    swing(reference, 600, repeat_every=7)  # the retried calls too
+    reference.release_all(6000.0)
+    assert sorted(r["name"] for r in sunk) == sorted(r["name"] for r in reference.records())
+    assert mirror.resize_summary() == reference.broker.resize_summary() and mirror.resizes_missed == 0
+
+
+def test_a_mirror_that_falls_behind_the_window_counts_the_resizes_it_missed():
+    broker = ReservationBroker(FakePlacementBackend(capacity=100), None, "g-", keep_closed_s=60.0)
+    alloc = BrokerAllocator(broker)
+    swing(alloc, 100)  # nobody mirrors these 1000 s
+    mirror = AllocatorMirror()
+    report = alloc.apply_reporting([req("a", 2.0)], 1000.0, 990.0, mirror.resizes_seen)
+    mirror.take(report)
+    got = sum(mirror.resize_counts.values())
+    assert mirror.resizes_missed > 0 and mirror.resizes_missed + got == sum(broker.resize_counts.values())
+
+
+def test_the_store_sink_writes_one_row_per_record(tmp_path):
+    from prae.engine.broker import store_sink
+    from prae.store.feedback import FeedbackStore
+
+    store = FeedbackStore(tmp_path)
+    broker = ReservationBroker(FakePlacementBackend(capacity=100), None, "r-")
+    alloc = BrokerAllocator(broker)
+    alloc.apply([req("a", 3.0, needed_at=10.0), req("b", 1.0, needed_at=0.0, mem=GIB)], 1.0)
+    alloc.release_all(2.0)
+    store_sink(store, clock=lambda: 123.0)(alloc.records())
+    store.flush()
+    rows = sorted(store.read("reservations").to_pylist(), key=lambda r: r["name"])
+    assert [(r["workload"], r["state"], r["cpu"], r["bundles"]) for r in rows] == [
+        ("a", "removed", 3.0, 1), ("b", "removed", 1.0, 1)
+    ]
+    assert [r["in_place_before_need"] for r in rows] == [True, False]  # b was needed before it was asked
+    assert rows[1]["mem"] == GIB and rows[0]["written_at"] == 123.0 and rows[0]["removed_at"] == 2.0
+
+
+def test_a_call_reports_only_the_records_that_changed_and_an_adopted_group_once_after_a_restart():
+    """Before, every call sent every open record (at 1000 workloads, building them was most of
+    the call); the mirror needs only what changed since its last call (``since``: that
+    call's time, so a change is sent in its own call and once more in the next)."""
+    backend = DescribingBackend(capacity=100)
+    alloc = BrokerAllocator(ReservationBroker(backend, None, "c-"))
+    steady = [req("a", 2.0), req("b", 1.0)]
+    first = alloc.apply_reporting(steady, 10.0, -math.inf)
+    assert sorted(r["workload"] for r in first.records) == ["a", "b"]
+    assert len(alloc.apply_reporting(steady, 20.0, 10.0).records) == 2  # once more
+    assert alloc.apply_reporting(steady, 30.0, 20.0).records == []  # nothing changed
+    grown = alloc.apply_reporting([req("a", 3.0), req("b", 1.0)], 40.0, 30.0).records
+    assert [(r["workload"], r["cpu"], r["state"]) for r in grown] == [("a", 1.0, "ready")]  # the new slice only
+    backend.leftovers = [g for g in backend.groups if not g.removed]
+    restarted = BrokerAllocator(ReservationBroker(backend, None, "c-"))
+    held = [req("a", 3.0), req("b", 1.0)]
+    adopted = restarted.apply_reporting(held, 50.0, 40.0).records
+    assert len(adopted) == 3 and all(r["adopted"] for r in adopted)
+    assert len(restarted.apply_reporting(held, 60.0, 50.0).records) == 3
+    assert restarted.apply_reporting(held, 70.0, 60.0).records == []
+    shrunk = restarted.apply_reporting([req("a", 2.0), req("b", 1.0)], 80.0, 70.0).records
+    assert [(r["workload"], r["cpu"], r["state"], r["removed_at"]) for r in shrunk] == [("a", 1.0, "removed", 80.0)]

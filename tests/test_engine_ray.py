@@ -127,6 +127,13 @@ def test_demo_loop_end_to_end(local_ray, tmp_path):
     ]
     assert ours, "the run created no named placement groups"
     assert all(info["state"] == "REMOVED" for info in ours), [(i["name"], i["state"]) for i in ours]
+    # ... and each has one row in the store's reservations table, which the summary counts
+    rows = ds.dataset(store / "reservations", format="parquet", partitioning="hive").to_table().to_pylist()
+    assert sorted(r["name"] for r in rows) == sorted(i["name"] for i in ours if i["name"].startswith("prae-itest-res-"))
+    assert {r["state"] for r in rows} == {"removed"}
+    for w in summary.workloads:
+        mine = [r for r in rows if r["workload"] == w.workload]
+        assert (w.reservations, w.in_place_before_need) == (len(mine), sum(r["in_place_before_need"] for r in mine))
 
     # the Ray-native job's tasks ran inside its reservation once there was one
     tasks = by_name["tasks"].live_result
@@ -177,6 +184,10 @@ def test_summary_counts_only_this_runs_forecasts(local_ray, tmp_path):
     assert n2 < 1.5 * n1, (n1, n2)  # not n1 + n2
     fc = ds.dataset(tmp_path / "store" / "forecasts", format="parquet", partitioning="hive").to_table()
     assert fc.num_rows // 4 >= n1 + n2  # both runs are in the store
+    # the same for its reservations: both runs' are in the store, each run counts its own
+    res = ds.dataset(tmp_path / "store" / "reservations", format="parquet", partitioning="hive").to_table()
+    r1, r2 = first.workloads[0].reservations, second.workloads[0].reservations
+    assert r1 >= 1 and r2 >= 1 and res.num_rows == r1 + r2, (r1, r2, res.num_rows)
 
 
 def test_a_history_shadow_plays_the_previous_run(local_ray, tmp_path):

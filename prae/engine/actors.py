@@ -226,6 +226,10 @@ class WorkloadSupervisor:
 # ``release``/``release_all`` of what is gone are no-ops. Before, an in-flight call raised
 # RayActorError in the engine's loop and the run stopped.
 ALLOCATOR_ACTOR_OPTIONS: dict[str, Any] = {"num_cpus": 0, "max_restarts": -1, "max_task_retries": -1}
+# The actor keeps the records of removed groups, and its resize log, this long: the engine's
+# mirror gets each in the very call that made it (and again in the next), so this only has
+# to outlast a call retried on a restarted actor. What it forgets is in the feedback store.
+KEEP_CLOSED_S = 600.0
 
 
 class AllocatorService(BrokerAllocator):
@@ -240,6 +244,7 @@ class AllocatorService(BrokerAllocator):
                 prefix,
                 spec.max_pending_pgs,
                 launch_budget_s=spec.launch_budget_s,
+                keep_closed_s=KEEP_CLOSED_S,
             )
         )
 

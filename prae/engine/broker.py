@@ -36,6 +36,14 @@ Observe-only requests become ``observed`` records, never placement groups: what 
 would have held, reported like what it holds. The broker is also the one owner of the
 autoscaler floor (``request_resources``), re-asserted every step.
 
+Bounded bookkeeping: a long-lived engine makes reservations for ever (1000 workloads at a
+few resizes an hour each is ~10k records an hour), so the broker keeps the records of its
+open reservations and of those removed within ``keep_closed_s``, a log of the resizes of
+that window, and per-workload counts of every resize. A caller that mirrors it call by
+call (``AllocatorMirror``) takes what it needs within that window and keeps the rest
+itself (the engine: in the feedback store). ``keep_closed_s=inf`` (the default) keeps
+everything, for tests and benchmarks that read a whole run back from the broker.
+
 A plain class over two small ports, tested with fakes and hosted by a thin Ray actor
 (:mod:`prae.engine.actors`) in production.
 """
@@ -46,6 +54,7 @@ import itertools
 import math
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
@@ -109,6 +118,9 @@ class Reservation:
     adopted: bool = False  # found at start-up, left by a previous allocator
     preempted_by: str | None = None  # removed, unused, to make room for this workload's slice
     replaces: list[str] = field(default_factory=list)  # slices to remove once this is ready
+    # when the broker last changed it (made, ready, removed; an adopted one: the first step
+    # after the restart): ``changed_records`` sends only what changed since a caller's call
+    changed_at: float = -math.inf
     handle: Any = None
 
     @property
@@ -176,12 +188,10 @@ ResizeEvent = tuple[str, float, str]  # (workload, time, grow|shrink)
 
 
 def summarise_resizes(
-    first_seen: Mapping[str, float], last_seen: Mapping[str, float], log: Iterable[ResizeEvent]
+    first_seen: Mapping[str, float], last_seen: Mapping[str, float], counts: Mapping[str, int]
 ) -> dict[str, Any]:
-    """Resizes per workload and per workload-hour of planning (at least a minute each)."""
-    counts: dict[str, int] = {}
-    for workload, _, _ in log:
-        counts[workload] = counts.get(workload, 0) + 1
+    """Resizes per workload (``counts``) and per workload-hour of planning (at least a
+    minute each)."""
     per: dict[str, dict[str, float]] = {}
     total, hours = 0, 0.0
     for w, first in first_seen.items():
@@ -205,7 +215,10 @@ class ReservationBroker:
         launch_budget_s: float = 0.25,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        keep_closed_s: float = math.inf,
     ) -> None:
+        if not keep_closed_s > 0:
+            raise ValueError(f"keep_closed_s must be > 0 seconds, got {keep_closed_s}")
         self.backend = backend
         self.floor = floor
         self.prefix = prefix
@@ -218,8 +231,14 @@ class ReservationBroker:
         self.slices: dict[str, list[Reservation]] = {}  # workload -> pending/ready slices, oldest first
         self.queue: dict[str, Reservation] = {}  # workload -> the next slice, waiting for a pending slot
         self.observed: dict[str, Reservation] = {}  # observe-only: what it would hold
-        self.history: list[Reservation] = []
-        self.resize_log: list[ResizeEvent] = []  # in order
+        self.keep_closed_s = keep_closed_s
+        # name -> reservation, in the order made: the open ones and those removed within
+        # ``keep_closed_s`` (``_closed`` says which, in the order removed, for pruning)
+        self.history: dict[str, Reservation] = {}
+        self._closed: deque[Reservation] = deque()
+        self.resize_log: deque[ResizeEvent] = deque()  # in order, within ``keep_closed_s``
+        self.resizes_pruned = 0  # entries dropped from the log's head: its position base
+        self.resize_counts: dict[str, int] = {}  # workload -> every resize, never pruned
         # Names this broker's life: a caller that mirrors resize_log by position starts again
         # from 0 when a restarted allocator's broker (a new incarnation) answers.
         self.incarnation = uuid.uuid4().hex
@@ -256,7 +275,7 @@ class ReservationBroker:
                 adopted=True, handle=handle,
             )
             self.slices.setdefault(workload, []).append(res)
-            self.history.append(res)
+            self.history[res.name] = res
             adopted += 1
         self._ids = itertools.count(top + 1)
         return adopted, removed
@@ -292,13 +311,23 @@ class ReservationBroker:
         return [r.name for r in self.slices.get(workload, []) if r.state == "ready"]
 
     def records(self) -> list[dict[str, Any]]:
-        return [r.record() for r in self.history]
+        """The records it keeps, in the order made: every one with ``keep_closed_s=inf``."""
+        return [r.record() for r in self.history.values()]
 
     def changed_records(self, since: float) -> list[dict[str, Any]]:
-        """The records of reservations not removed yet and of those removed at or after
-        ``since``: what a caller that mirrors ``records`` call by call needs (as many as
-        are held, not the run's whole history)."""
-        return [r.record() for r in self.history if r.removed_at is None or r.removed_at >= since]
+        """The records of reservations made, ready, removed (or adopted) at or after
+        ``since``: what a caller that mirrors ``records`` call by call needs. Not the ones
+        held unchanged: at 1000 workloads, building and sending every open record each
+        call was most of the call (``bench/allocator_growth.py``). ``since`` older than
+        ``keep_closed_s`` misses the records pruned since."""
+        return [r.record() for r in self.history.values() if r.changed_at >= since]
+
+    def resizes_after(self, position: int) -> tuple[int, list[ResizeEvent]]:
+        """The log from ``position`` on (positions count from the broker's first resize),
+        as (the position it starts at, the events): later than ``position`` where entries
+        from there were pruned."""
+        start = max(position, self.resizes_pruned)
+        return start, list(itertools.islice(self.resize_log, start - self.resizes_pruned, None))
 
     def pending_count(self) -> int:
         return sum(1 for s in self.slices.values() for r in s if r.state == "pending")
@@ -306,7 +335,7 @@ class ReservationBroker:
     def resize_summary(self) -> dict[str, Any]:
         """Resizes (a slice added to, or slices removed from, a reservation already held)
         per workload and per workload-hour of planning."""
-        return summarise_resizes(self.first_seen, self.last_seen, self.resize_log)
+        return summarise_resizes(self.first_seen, self.last_seen, self.resize_counts)
 
     @property
     def resizes(self) -> dict[str, list[tuple[float, str]]]:
@@ -318,6 +347,18 @@ class ReservationBroker:
 
     def _resized(self, workload: str, now: float, kind: str) -> None:
         self.resize_log.append((workload, now, kind))
+        self.resize_counts[workload] = self.resize_counts.get(workload, 0) + 1
+
+    def _closed_at(self, res: Reservation, now: float) -> None:
+        """``res`` was removed at ``now``: forget what was removed before the window."""
+        res.state, res.removed_at, res.changed_at = "removed", now, now
+        self._closed.append(res)
+        horizon = now - self.keep_closed_s
+        while self._closed and (self._closed[0].removed_at or 0.0) < horizon:
+            self.history.pop(self._closed.popleft().name, None)
+        while self.resize_log and self.resize_log[0][1] < horizon:
+            self.resize_log.popleft()
+            self.resizes_pruned += 1
 
     # ------------------------------------------------------------------ the step
 
@@ -455,17 +496,20 @@ class ReservationBroker:
         if old is not None and (old.cpu, old.mem) == (req.cpu, req.mem):
             return
         if old is not None:
-            old.state, old.removed_at = "removed", now
+            self._closed_at(old, now)
             self._resized(req.workload, now, "grow" if req.cpu >= old.cpu else "shrink")
-        res = self._slice(req, req.cpu, req.mem, now, state="observed")
+        res = self._slice(req, req.cpu, req.mem, now, state="observed", changed_at=now)
         self.observed[req.workload] = res
-        self.history.append(res)
+        self.history[res.name] = res
 
     def _release_unclaimed_adoptions(self, requests: Sequence[ResourceRequest], now: float) -> None:
         if not self.adopted:
             return
         if self._adopt_deadline is None:
             self._adopt_deadline = now + self.adopt_grace_s
+            for res in self.history.values():  # the first step after the restart: report them
+                if res.adopted:
+                    res.changed_at = max(res.changed_at, now)
         asked = {r.workload for r in requests}
         for workload, live in list(self.slices.items()):
             if workload in asked or workload in self.first_seen:
@@ -488,8 +532,8 @@ class ReservationBroker:
             res = self.queue.pop(workload)
             res.handle = self.backend.create(res.name, res.bundles)
             res.state = "pending"
-            res.created_at = now
-            self.history.append(res)
+            res.created_at = res.changed_at = now
+            self.history[res.name] = res
             fresh.append(res)
             live = self.slices.setdefault(workload, [])
             if live and not res.replaces:  # a replacement counts as a shrink when done
@@ -539,7 +583,7 @@ class ReservationBroker:
     def _check_ready(self, res: Reservation, now: float) -> None:
         if res.state == "pending" and self.backend.is_ready(res.handle):
             res.state = "ready"
-            res.ready_at = now
+            res.ready_at = res.changed_at = now
             if res.replaces:
                 self._finish_replacement(res.workload, res, now)
 
@@ -570,8 +614,7 @@ class ReservationBroker:
             return
         if res.state != "observed" and res.handle is not None:
             self.backend.remove(res.handle)
-        res.state = "removed"
-        res.removed_at = now
+        self._closed_at(res, now)
 
     def release(self, workload: str, now: float) -> None:
         """Give back everything a workload holds or waits for."""
@@ -617,19 +660,44 @@ class BrokerAllocator:
         (incarnation, count) it has -- all of them if that was another incarnation's."""
         held = self.apply(requests, now)
         incarnation, seen = resizes_seen
-        start = seen if incarnation == self.broker.incarnation else 0
-        return AllocatorReport(
-            held, self.broker.changed_records(since), self.broker.incarnation, start, self.broker.resize_log[start:]
-        )
+        start, resizes = self.broker.resizes_after(seen if incarnation == self.broker.incarnation else 0)
+        return AllocatorReport(held, self.broker.changed_records(since), since, self.broker.incarnation, start, resizes)
 
 
 @dataclass(frozen=True)
 class AllocatorReport:
     held: dict[str, tuple[float, float]]  # what each workload holds in ready groups
     records: list[dict[str, Any]]  # the decision records changed since the caller's last call
+    since: float  # the caller's ``since``: records removed before it are not in ``records``
     incarnation: str  # the broker's
     resizes_from: int  # the position in its resize log the ``resizes`` start at
     resizes: list[ResizeEvent]
+
+
+RecordSink = Callable[[list[dict[str, Any]]], None]
+
+
+class RowAppender(Protocol):
+    """What ``store_sink`` writes to: ``prae.store.feedback.FeedbackStore.append``."""
+
+    def append(self, table: str, workload: str, rows: Iterable[Mapping[str, Any]]) -> None: ...
+
+
+def store_sink(store: RowAppender, clock: Callable[[], float] = time.time) -> RecordSink:
+    """A mirror's sink that appends each record as a row of the store's ``reservations``
+    table (``RESERVATION_SCHEMA``), under its workload, stamped ``written_at``."""
+
+    def sink(records: list[dict[str, Any]]) -> None:
+        now = clock()
+        rows: dict[str, list[dict[str, Any]]] = {}
+        for rec in records:
+            row = {k: v for k, v in rec.items() if k not in ("bundles", "replaces", "max_pending_s")}
+            row.update(written_at=now, bundles=len(rec.get("bundles") or []))
+            rows.setdefault(rec["workload"], []).append(row)
+        for workload, batch in rows.items():
+            store.append("reservations", workload, batch)
+
+    return sink
 
 
 class AllocatorMirror:
@@ -641,13 +709,24 @@ class AllocatorMirror:
     group name, an adopted record only updates what the allocator now knows of a group the
     mirror has already seen (its state, when it became ready or was removed); every other
     record replaces the mirror's copy of it (the allocator's newer view). Resizes are
-    appended by their position in the answering broker's log, so a call run twice (at least
-    once, on a restarted actor) counts none twice.
+    counted by their position in the answering broker's log, so a call run twice (at least
+    once, on a restarted actor) counts none twice; positions the broker pruned before they
+    were taken are counted in ``resizes_missed``.
+
+    With a ``sink`` the mirror keeps only the open reservations: a record once removed is
+    handed to the sink (the engine's: the feedback store) and forgotten, but for its name,
+    until the broker can no longer send it again (it sends those removed at or after the
+    caller's ``since``). So a long-lived engine's memory follows what is held, not every
+    reservation it ever made. Without one it keeps every record (``final`` returns them).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, sink: RecordSink | None = None) -> None:
+        self.sink = sink
         self.by_name: dict[str, dict[str, Any]] = {}
-        self.resize_log: list[ResizeEvent] = []  # every allocator's, in the order taken
+        self._sunk: dict[str, float] = {}  # name -> removed_at, of records handed to the sink
+        self._since = -math.inf  # the latest report's: records removed before it were sunk
+        self.resize_counts: dict[str, int] = {}  # every allocator's, per workload
+        self.resizes_missed = 0
         self.first_seen: dict[str, float] = {}
         self.last_seen: dict[str, float] = {}
         self.resizes_seen: tuple[str, int] = ("", 0)  # (incarnation, how many of its log)
@@ -660,16 +739,37 @@ class AllocatorMirror:
 
     def take(self, report: AllocatorReport) -> None:
         self.merge(report.records)
+        self._sink_closed(report.since)
         incarnation, seen = self.resizes_seen
-        skip = seen - report.resizes_from if incarnation == report.incarnation else 0
-        self.resize_log.extend(report.resizes[max(0, skip) :])
+        seen = seen if incarnation == report.incarnation else 0
+        self.resizes_missed += max(0, report.resizes_from - seen)
+        for workload, _, _ in report.resizes[max(0, seen - report.resizes_from) :]:
+            self.resize_counts[workload] = self.resize_counts.get(workload, 0) + 1
         self.resizes_seen = (report.incarnation, report.resizes_from + len(report.resizes))
 
     def resize_summary(self) -> dict[str, Any]:
-        return summarise_resizes(self.first_seen, self.last_seen, self.resize_log)
+        return summarise_resizes(self.first_seen, self.last_seen, self.resize_counts)
+
+    def _sink_closed(self, since: float) -> None:
+        if self.sink is None:
+            return
+        # a record removed before ``since`` is not sent again, but by ``records``: its name
+        # can go, and ``merge`` skips such a record by its time
+        self._since = max(self._since, since)
+        self._sunk = {n: t for n, t in self._sunk.items() if t >= since}
+        closed = [r for r in self.by_name.values() if r["state"] == "removed"]
+        if closed:
+            self.sink(closed)
+            for rec in closed:
+                del self.by_name[rec["name"]]
+                self._sunk[rec["name"]] = rec.get("removed_at") or since
 
     def merge(self, records: Iterable[dict[str, Any]]) -> None:
         for rec in records:
+            if rec["name"] in self._sunk or (
+                self.sink is not None and rec["state"] == "removed" and (rec.get("removed_at") or 0.0) < self._since
+            ):
+                continue  # sent again after it was handed to the sink
             old = self.by_name.get(rec["name"])
             if old is None or not rec.get("adopted") or old.get("adopted"):
                 self.by_name[rec["name"]] = dict(rec)
@@ -681,14 +781,20 @@ class AllocatorMirror:
             old.update(readiness(old.get("created_at"), old.get("ready_at"), old["needed_at"]))
 
     def final(self, last: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-        """All records, after merging the allocator's own final ``records``. One the mirror
-        saw held or queued that the last allocator does not know (a group removed, or a
-        request still queued, when an allocator died) is marked ``lost``: what became of
-        it is not known."""
+        """All records, after merging the allocator's own final ``records`` (with a sink:
+        those not handed to it yet, which are then handed to it). One the mirror saw held
+        or queued that the last allocator does not know (a group removed, or a request
+        still queued, when an allocator died) is marked ``lost``: what became of it is not
+        known."""
         last = list(last)
         self.merge(last)
         known = {r["name"] for r in last}
         for name, rec in self.by_name.items():
             if name not in known and rec["state"] != "removed":
                 rec["state"] = "lost"
-        return list(self.by_name.values())
+        records = list(self.by_name.values())
+        if self.sink is not None and records:
+            self.sink(records)
+            self._sunk.update({r["name"]: r.get("removed_at") or math.inf for r in records})
+            self.by_name.clear()
+        return records

@@ -16,7 +16,7 @@ import ray
 
 from prae.config import PraeConfig, PredictorSpec
 from prae.engine.actors import AllocatorActor, WorkloadSupervisor
-from prae.engine.broker import AllocatorMirror
+from prae.engine.broker import AllocatorMirror, RowAppender, store_sink
 from prae.engine.loop import ForecastBatch, Polled
 from prae.engine.tracker import RoleStatus
 from prae.policy.fallback import rule_forecast
@@ -136,13 +136,14 @@ class ServeForecaster:
 class RayAllocator:
     """The loop's ``Allocator`` port over the allocator actor. Its decision records and
     resizes are mirrored here call by call (``AllocatorMirror``): a restarted actor loses
-    none of them."""
+    none of them. With a ``store`` the records of removed groups go to its
+    ``reservations`` table as they close, and ``records`` returns the rest."""
 
-    def __init__(self, config: PraeConfig, prefix: str, actor: Any = None) -> None:
+    def __init__(self, config: PraeConfig, prefix: str, actor: Any = None, store: RowAppender | None = None) -> None:
         self.actor = actor or AllocatorActor.options(name=f"{prefix}allocator", get_if_exists=True).remote(
             config.allocator, f"{prefix}res-"
         )
-        self.mirror = AllocatorMirror()
+        self.mirror = AllocatorMirror(store_sink(store) if store is not None else None)
         self._since = -math.inf
 
     def apply(self, requests: Sequence[ResourceRequest], now: float) -> dict[str, tuple[float, float]]:

@@ -68,7 +68,7 @@ def run(config: PraeConfig, duration_s: float | None = None, keep_serving: bool 
     store = FeedbackStore(store_root)
     started_at = time.time()  # before the workloads start: their first samples come after it
     forecaster = ServeForecaster(config.predictor, config.run.horizon_steps)
-    allocator = RayAllocator(config, prefix)
+    allocator = RayAllocator(config, prefix, store=store)
     retrainer = RayRetrainer(config, store_root, run_dir / "models", config.predictor.checkpoint)
     histories = {w.name: from_telemetry(store.read("telemetry", w.name)) for w in config.workloads if plays_history(w)}
     telemetry = RayTelemetrySource(config, run_dir / "work", prefix, histories)
@@ -80,9 +80,9 @@ def run(config: PraeConfig, duration_s: float | None = None, keep_serving: bool 
         telemetry.kill()
         if not keep_serving:
             serve.delete(APP_NAME)
-    summary = build_summary(
-        loop, store, allocator.records(), forecaster.replica_ids, time.time() - t0, retrainer, started_at
-    )
+    allocator.records()  # the reservations still open go to the store too
+    store.flush()
+    summary = build_summary(loop, store, forecaster.replica_ids, time.time() - t0, retrainer, started_at)
     summary = dataclasses.replace(
         summary,
         extra={
@@ -98,17 +98,22 @@ def run(config: PraeConfig, duration_s: float | None = None, keep_serving: bool 
 def build_summary(
     loop: EngineLoop,
     store: FeedbackStore,
-    records: list[dict[str, Any]],
     replicas: set[str],
     seconds: float,
     retrainer: RayRetrainer | None = None,
     started_at: float | None = None,
 ) -> RunSummary:
-    """From the store; with ``started_at``, only the forecasts this run issued."""
+    """From the store; with ``started_at``, only the forecasts this run issued and the
+    reservations it wrote."""
     forecasts = store.read("forecasts")
+    reservations = store.read("reservations")
     if started_at is not None:
         forecasts = rows_of_run(forecasts, started_at)
+        reservations = rows_of_run(reservations, started_at, "written_at")
     wl_col = forecasts.column("workload").to_numpy(zero_copy_only=False) if forecasts.num_rows else None
+    records: dict[str, list[dict[str, Any]]] = {}
+    for rec in reservations.to_pylist():
+        records.setdefault(rec["workload"], []).append(rec)
     out = []
     for name, tr in loop.trackers.items():
         rows = forecasts.filter(wl_col == name) if wl_col is not None else forecasts
@@ -116,7 +121,7 @@ def build_summary(
             summarise_workload(
                 name,
                 rows,
-                [r for r in records if r["workload"] == name],
+                records.get(name, []),
                 tr.live_status.exit_code,
                 tr.live_status.cost_cpu_seconds,
                 tr.shadow_status.cost_cpu_seconds,

@@ -54,12 +54,13 @@ def _col(table: pa.Table, name: str) -> np.ndarray:
     return table.column(name).to_numpy(zero_copy_only=False)
 
 
-def rows_of_run(forecasts: pa.Table, started_at: float) -> pa.Table:
-    """The rows a run issued: a store is kept across runs (it is what retraining learns
-    from), so a report of one run must not count the forecasts of the runs before it."""
-    if not forecasts.num_rows:
-        return forecasts
-    return forecasts.filter(_col(forecasts, "issued_at").astype(float) >= started_at)
+def rows_of_run(table: pa.Table, started_at: float, time_column: str = "issued_at") -> pa.Table:
+    """The rows a run wrote (``time_column`` at or after its start): a store is kept across
+    runs (it is what retraining learns from), so a report of one run must not count the
+    forecasts or reservations of the runs before it."""
+    if not table.num_rows:
+        return table
+    return table.filter(_col(table, time_column).astype(float) >= started_at)
 
 
 def summarise_workload(

@@ -5,6 +5,7 @@ Layout (hive partitioning, so pyarrow.dataset, DuckDB and Ray Data read it as is
     <root>/telemetry/workload=<name>/part-<ns>-<pid>-<seq>.parquet
     <root>/forecasts/workload=<name>/part-<ns>-<pid>-<seq>.parquet
     <root>/choices/workload=<name>/part-<ns>-<pid>-<seq>.parquet   (one per run's end)
+    <root>/reservations/workload=<name>/part-<ns>-<pid>-<seq>.parquet
     <root>/_quarantine/...            corrupt files moved aside, never deleted
 
 Crash safety: every flush writes complete, immutable files. A file is written under a
@@ -18,7 +19,7 @@ the disk: a flush writes one file per workload and table, 2.5 s for 1000 workloa
 
 Compaction: at one flush every 5 s that is ~720 files per workload and table an hour, and
 a reader (retraining, a notebook) pays per file. So once a workload's folder of
-``telemetry`` or ``forecasts`` holds ``COMPACT_MIN_FILES`` flush files, a flush merges
+``telemetry``, ``forecasts`` or ``reservations`` holds ``COMPACT_MIN_FILES`` flush files, a flush merges
 them into one, named after the first and last it covers (``part-<first>-c-<last>``):
 written whole and renamed into place like any file, *then* the sources are deleted. A
 crash in between leaves sources next to the merged file: :meth:`read` skips a file a
@@ -87,13 +88,40 @@ CHOICE_SCHEMA = pa.schema(
     ]
 )
 
+# One row per reservation (placement group, or what observe-only would have held), written
+# once it is closed: removed, or at the run's end (``prae.engine.broker.AllocatorMirror``).
+# The engine keeps only the open ones in memory; the run summary counts these.
+RESERVATION_SCHEMA = pa.schema(
+    [
+        ("written_at", pa.float64()),  # unix seconds the engine wrote it (a run's rows: >= its start)
+        ("name", pa.string()),  # the placement group's name
+        ("state", pa.string()),  # removed | lost (an allocator died with it) | held at the end
+        ("reason", pa.string()),  # the policy's reason, or "adopted"
+        ("adopted", pa.bool_()),
+        ("cpu", pa.float64()),  # cores
+        ("mem", pa.float64()),  # bytes
+        ("bundles", pa.int64()),
+        ("priority", pa.int64()),
+        ("confidence", pa.float64()),
+        ("requested_at", pa.float64()),
+        ("needed_at", pa.float64()),
+        ("created_at", pa.float64()),  # handed to Ray (null: never, e.g. observe-only)
+        ("ready_at", pa.float64()),
+        ("removed_at", pa.float64()),
+        ("pending_s", pa.float64()),  # ready_at - created_at
+        ("in_place_before_need", pa.bool_()),
+        ("preempted_by", pa.string()),
+    ]
+)
+
 TABLES: dict[str, pa.Schema] = {
     "telemetry": TELEMETRY_SCHEMA,
     "forecasts": FORECAST_SCHEMA,
     "choices": CHOICE_SCHEMA,
+    "reservations": RESERVATION_SCHEMA,
 }
 
-COMPACTED_TABLES = ("telemetry", "forecasts")
+COMPACTED_TABLES = ("telemetry", "forecasts", "reservations")
 COMPACT_MIN_FILES = 64  # a folder's flush files merged into one (~5 min of 5-s flushes)
 COMPACT_PER_FLUSH = 32  # folders merged by one flush at most; the others by the next ones
 _MERGED = "-c-"
