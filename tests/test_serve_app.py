@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 import urllib.request
 
 import numpy as np
@@ -77,37 +78,59 @@ def test_vectorised_predict_and_http(cluster, checkpoints):
         assert "B x T x 4" in json.loads(resp.read())["error"]
 
 
-def test_hot_swap_under_load_no_failed_request_no_restart(cluster, checkpoints):
-    spec = PredictorSpec(checkpoint=checkpoints[0])
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_hot_swap_under_load_no_failed_request_no_restart(cluster, checkpoints, replicas):
+    """Four clients keep asking while the checkpoint is swapped: no request fails, every
+    replica answers with the old weights until it has the new ones, and with two replicas
+    both are reconfigured in place (the same replicas answer after the swap)."""
+    spec = PredictorSpec(checkpoint=checkpoints[0], num_replicas=replicas)
     handle = deploy(spec)
-    before = handle.info.remote().result(timeout_s=60)
+    old = Predictor.load(checkpoints[0]).version
+    new = Predictor.load(checkpoints[1]).version
     live = windows(b=16)
     errors: list[BaseException] = []
-    versions: list[str] = []
+    answers: list[tuple[str, str]] = []  # (replica, version)
     stop = threading.Event()
 
     def hammer():
         h = serve.get_app_handle(APP_NAME)
         while not stop.is_set():
             try:
-                versions.append(h.predict.remote(live, None).result(timeout_s=30)["version"])
+                out = h.predict.remote(live, None).result(timeout_s=30)
+                answers.append((out["replica"], out["version"]))
             except BaseException as exc:  # any failure counts
                 errors.append(exc)
 
+    # warm: every replica has answered with the old weights
+    deadline = time.time() + 60
+    while len({r for r, _ in answers}) < replicas:
+        assert time.time() < deadline, answers[-5:]
+        out = handle.predict.remote(live, None).result(timeout_s=30)
+        answers.append((out["replica"], out["version"]))
+    before = {r for r, _ in answers}
+    swaps = {r: 0 for r in before}
     threads = [threading.Thread(target=hammer) for _ in range(4)]
     for t in threads:
         t.start()
-    after_handle = deploy(spec, checkpoints[1])  # new weights through user_config only
-    after = after_handle.info.remote().result(timeout_s=60)
+    time.sleep(0.5)
+    during = len(answers)
+    deploy(spec, checkpoints[1])  # new weights through user_config only
+    swapped_at = len(answers)
+    time.sleep(1.0)
     stop.set()
     for t in threads:
         t.join(timeout=60)
     assert errors == []
-    assert len(versions) > 10
-    assert after["version"] != before["version"]
-    assert after["replica"] == before["replica"]  # reconfigured in place, not restarted
-    assert after["swaps"] == before["swaps"] + 1
-    assert after["version"] == Predictor.load(checkpoints[1]).version
+    assert swapped_at - during > 10  # served while the swap went on
+    assert {v for _, v in answers} <= {old, new}
+    assert all(v == new for _, v in answers[swapped_at + 8 * replicas :])  # once it returned, the new weights
+    after = {r for r, _ in answers[swapped_at:]}
+    assert after == before and len(after) == replicas  # the same replicas: reconfigured, not restarted
+    for _ in range(8 * replicas):  # each replica's own count of swaps
+        info = handle.info.remote().result(timeout_s=30)
+        swaps[info["replica"]] = info["swaps"]
+        assert info["version"] == new
+    assert all(n >= 1 for n in swaps.values()), swaps
 
 
 def test_forecaster_falls_back_when_app_is_gone(cluster, checkpoints):
