@@ -6,10 +6,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+import urllib.request
 
 import numpy as np
 import pyarrow.dataset as ds
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
@@ -28,10 +30,14 @@ from tests.fakes import process_alive  # noqa: E402
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
+METRICS_PORT = free_port()  # where this node's Ray agent serves every metric, as Prometheus scrapes it
+
+
 @pytest.fixture(scope="module")
 def local_ray():
     ray.init(
-        address="local", num_cpus=8, include_dashboard=False, object_store_memory=300 * 1024**2, namespace=NAMESPACE
+        address="local", num_cpus=8, include_dashboard=False, object_store_memory=300 * 1024**2, namespace=NAMESPACE,
+        _metrics_export_port=METRICS_PORT,
     )
     serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
     try:
@@ -87,6 +93,18 @@ def small_config(tmp_path, retrain_every_s=10.0):
         },
         "itest.yaml",
     )
+
+
+def scrape_prae(port: int) -> dict[tuple[str, frozenset], float]:
+    """PRAE's samples on a Ray node's metrics endpoint: (name, PRAE's own labels) -> value."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name.startswith("ray_prae_"):
+                labels = frozenset((k, v) for k, v in s.labels.items() if k in ("workload", "resource", "quantile", "version"))
+                out[(s.name, labels)] = out.get((s.name, labels), 0.0) + s.value  # summed over processes
+    return out
 
 
 def test_demo_loop_end_to_end(local_ray, tmp_path):
@@ -166,6 +184,27 @@ def test_demo_loop_end_to_end(local_ray, tmp_path):
 
     # a retraining still running at the end was cancelled: no Train actor outlives the run
     assert train_actors_alive() == []
+
+    # the engine's metrics reached the node's Prometheus endpoint (Ray exports every ~10 s):
+    # the run's totals, each workload's resolved forecasts as the store has them, and the
+    # gauges as the run left them
+    rows = fc.to_pylist()
+    want = {("ray_prae_ticks_total", frozenset()): summary.extra["ticks"]}
+    for name in by_name:
+        mine = [r for r in rows if r["workload"] == name and r["resource"] == "cpu" and r["actual"] is not None]
+        want[("ray_prae_forecasts_resolved_total", frozenset({("workload", name), ("resource", "cpu")}))] = len(mine)
+        want[("ray_prae_workload_running", frozenset({("workload", name)}))] = 0.0
+        want[("ray_prae_reserved", frozenset({("workload", name), ("resource", "cpu")}))] = 0.0
+    deadline = time.time() + 60
+    while True:
+        got = scrape_prae(METRICS_PORT)
+        if all(got.get(k) == v for k, v in want.items()) or time.time() > deadline:
+            break
+        time.sleep(2)
+    assert {k: got.get(k) for k in want} == want
+    assert got.get(("ray_prae_hot_swaps_total", frozenset()), 0.0) == summary.hot_swaps
+    assert sum(v for (n, _), v in got.items() if n == "ray_prae_model_info") == 1.0
+    assert any(n == "ray_prae_usage" and v > 0 for (n, _), v in got.items())
 
 
 def test_summary_counts_only_this_runs_forecasts(local_ray, tmp_path):

@@ -852,3 +852,63 @@ def test_a_hot_swap_loads_on_its_own_thread_while_the_ticks_go_on(tmp_path, fail
         assert [(s.version_before, s.version_after) for s in loop.swaps] == [("v0", "v1")]
         assert loop.model_version == "v1"
 
+
+
+class ListSink:
+    """Keeps every publication."""
+
+    def __init__(self) -> None:
+        self.publications: list[list] = []
+
+    def publish(self, points) -> None:
+        self.publications.append(list(points))
+
+
+def test_the_loop_publishes_its_metrics_counters_adding_up_and_gauges_as_they_are(tmp_path):
+    from prae.engine.metrics import METRICS, PUBLISH_EVERY_S
+
+    clock = FakeClock()
+    cfg = config(tmp_path)
+    telemetry = ScriptedTelemetry(clock)
+    sink = ListSink()
+    store = FeedbackStore(cfg.run.store_dir)
+    loop = EngineLoop(
+        cfg, telemetry, OracleForecaster(telemetry, fail_at={4}), BrokerAllocator(ReservationBroker(FakePlacementBackend(capacity=16), None, "t-")),
+        store, CountingRetrainer(), clock=clock, metrics=sink,
+    )
+    run_loop(loop, clock)
+    pubs = sink.publications
+    assert 30 / PUBLISH_EVERY_S <= len(pubs) <= 30 / PUBLISH_EVERY_S + 3  # every 5 s of ticks, and the end
+    every = [p for pub in pubs for p in pub]
+    assert {p.name for p in every} <= set(METRICS)
+    for p in every:
+        assert {k for k, _ in p.tags} == set(METRICS[p.name].tag_keys), p
+
+    def total(name, **tags):
+        return sum(p.value for p in every if p.name == name and all(p.tag_dict.get(k) == v for k, v in tags.items()))
+
+    # counters: the sum of what each publication added is the run's total
+    assert total("prae_ticks_total") == loop.ticks
+    assert total("prae_fallback_ticks_total") == loop.fallback_ticks == 1
+    assert total("prae_hot_swaps_total") == len(loop.swaps) >= 1
+    fc = store.read("forecasts").to_pylist()
+    for name in ("steady", "steps"):
+        mine = [r for r in fc if r["workload"] == name and r["resource"] == "cpu" and r["actual"] is not None]
+        inside = [r for r in mine if r["q0.1"] <= r["actual"] <= r["q0.9"]]
+        assert total("prae_forecasts_resolved_total", workload=name, resource="cpu") == len(mine) > 10
+        assert total("prae_forecasts_inside80_total", workload=name, resource="cpu") == len(inside)
+    # gauges: the middle publication shows the workloads running, using and holding what they did
+    mid = {(p.name, p.tags): p.value for p in pubs[2]}
+    t_mid = 15  # the third publication comes after the tick at 3 x 5 s
+    assert mid[("prae_workload_running", (("workload", "steps"),))] == 1.0
+    assert mid[("prae_usage", (("resource", "cpu"), ("workload", "steps")))] == demand("steps", t_mid)
+    assert mid[("prae_forecast", (("quantile", "q0.5"), ("resource", "cpu"), ("workload", "steps")))] > 0
+    assert mid[("prae_reserved", (("resource", "cpu"), ("workload", "steps")))] >= demand("steps", t_mid)
+    for pub in pubs[1:]:  # one version serving at a time (the first tick forecasts nothing yet)
+        assert sum(p.value for p in pub if p.name == "prae_model_info") == 1.0
+    # the last one: nothing running, nothing held
+    last = {(p.name, p.tags): p.value for p in pubs[-1]}
+    assert last[("prae_workload_running", (("workload", "steps"),))] == 0.0
+    assert last[("prae_reserved", (("resource", "cpu"), ("workload", "steps")))] == 0.0
+    swapped = loop.swaps[-1].version_after
+    assert last[("prae_model_info", (("version", swapped),))] == 1.0 and last[("prae_model_info", (("version", "v0"),))] == 0.0

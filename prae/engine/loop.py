@@ -25,6 +25,7 @@ import numpy as np
 
 from prae.config import PraeConfig, WorkloadSpec
 from prae.engine.choices import choice_rows, latest_choice
+from prae.engine.metrics import PUBLISH_EVERY_S, EngineMetrics, MetricsSink, WorkloadView
 from prae.engine.schedule import grid_after, next_tick, tick_lag
 from prae.engine.tick_timing import TickTiming
 from prae.engine.tracker import (
@@ -162,8 +163,11 @@ class EngineLoop:
         clock: Callable[[], float] = time.time,
         flush_every: int = 5,
         timer: Callable[[], float] = time.perf_counter,
+        metrics: MetricsSink | None = None,
     ) -> None:
-        """``clock``: the time forecasts are stamped with; ``timer``: what times the ticks."""
+        """``clock``: the time forecasts are stamped with; ``timer``: what times the ticks;
+        ``metrics``: where the engine's metrics go every ``PUBLISH_EVERY_S`` (on Ray:
+        ``prae.engine.ray_metrics.RayMetricsSink``), None: nowhere."""
         self.config = config
         self.telemetry = telemetry
         self.forecaster = forecaster
@@ -204,6 +208,9 @@ class EngineLoop:
         self._swap: HotSwap | None = None  # a promoted model being loaded into Serve
         self.fallback_ticks = 0
         self.timing = TickTiming(config.run.interval_s, timer)
+        self.metrics_sink = metrics
+        self.metrics = EngineMetrics()
+        self._published_at = -float("inf")
 
     # ------------------------------------------------------------------ the tick
 
@@ -223,6 +230,8 @@ class EngineLoop:
         self.ticks += 1
         if self.ticks % self.flush_every == 0:
             self.store.start_flush()  # on a thread: the tick does not wait for the disk
+        if now - self._published_at >= PUBLISH_EVERY_S:
+            self._publish_metrics(now)
         return any(not t.finished for t in self.trackers.values())
 
     def _poll(self) -> None:
@@ -246,6 +255,7 @@ class EngineLoop:
             outcomes.extend((tr.slot, fc, y) for fc, y in resolved)
             if rows:
                 self.store.append("forecasts", name, rows)
+                self.metrics.resolved(name, rows)
         learn_outcomes(self.learning, outcomes)
 
     def _forecast_and_allocate(self, now: float) -> None:
@@ -431,7 +441,38 @@ class EngineLoop:
         self._save_choices(now)
         self.allocator.release_all(now)
         self.held.clear()
+        self._publish_metrics(now)  # the end: nothing held, nothing running
         self.store.flush()
+
+    def _publish_metrics(self, now: float) -> None:
+        """Hand the metrics to the sink (``prae.engine.metrics``): counters since the last
+        call, gauges as they are now."""
+        self._published_at = now
+        if self.metrics_sink is None:
+            return
+        self.metrics.totals(
+            prae_ticks_total=self.ticks,
+            prae_ticks_late_total=self.timing.late,
+            prae_fallback_ticks_total=self.fallback_ticks,
+            prae_hot_swaps_total=len(self.swaps),
+            prae_retrain_runs_total=self.retrain_runs,
+        )
+        views = {
+            name: WorkloadView(
+                running=not tr.finished,
+                usage=tr.live.values[-1] if len(tr.live) else None,
+                forecast=tr.pending[-1].quantiles if tr.pending else None,
+                reserved=self.held.get(name, (0.0, 0.0)),
+            )
+            for name, tr in self.trackers.items()
+        }
+        points = self.metrics.points(
+            tick_seconds=self.timing.durations[-1] if self.timing.durations else None,
+            model_version=self.model_version,
+            pending_rows=self.store.pending_rows(),
+            workloads=views,
+        )
+        self.metrics_sink.publish(points)
 
     def _save_choices(self, now: float) -> None:
         """Each workload's point-forecast choice, for its next run (``prae.engine.choices``)."""

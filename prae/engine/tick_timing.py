@@ -24,6 +24,7 @@ class TickTiming:
     durations: list[float] = field(default_factory=list)
     phase_max: dict[str, float] = field(default_factory=dict)
     phase_total: dict[str, float] = field(default_factory=dict)
+    late: int = 0  # ticks longer than the interval
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -41,7 +42,9 @@ class TickTiming:
         try:
             yield
         finally:
-            self.durations.append(self.clock() - t0)
+            dt = self.clock() - t0
+            self.durations.append(dt)
+            self.late += int(dt > self.interval_s)
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready: tick count, median / p95 / max seconds, ticks longer than the interval,
