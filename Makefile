@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 export RAY_AUTH_MODE ?= disabled
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: setup demo test lint bench pretrain clean
+.PHONY: setup demo test lint bench pretrain clean services
 
 setup: $(VENV)/.installed
 
@@ -24,9 +24,27 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(VENV)/bin/prae run configs/demo.yaml
 
-test: setup
+test: setup services
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Services the tests start for real: Prometheus (the engine's metrics scraped and queried)
+# and Chromium (the HTML report rendered). Debian's packages are installed for the commands
+# missing from PATH when apt-get can run as root; nothing is started here (each test starts
+# its own, on free ports, and stops it).
+SERVICES := prometheus:prometheus chromium:chromium
+services:
+	@missing=""; for pair in $(SERVICES); do \
+	  command -v "$${pair%%:*}" >/dev/null || missing="$$missing $${pair#*:}"; done; \
+	[ -z "$$missing" ] && exit 0; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian packages for the tests:$$missing"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -q --no-install-recommends $$missing >/dev/null \
+	    || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends $$missing >/dev/null; }; \
+	else \
+	  echo "the tests need these on PATH:$$missing (apt-get install$$missing, as root)" >&2; exit 1; \
+	fi
 
 lint: setup
 	$(VENV)/bin/ruff check .

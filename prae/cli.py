@@ -57,6 +57,13 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     return pretrain_main(args.rest)
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from prae.report.page import write_report
+
+    print(write_report(args.run_dir))
+    return 0
+
+
 def _cmd_retrain(args: argparse.Namespace) -> int:
     from train.retrain import main as retrain_main
 
@@ -78,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--keep-serving", action="store_true", help="leave the predictor Serve app running")
     r.add_argument("--json", action="store_true", help="also print the summary as JSON")
     r.set_defaults(func=_cmd_run)
+
+    rp = sub.add_parser("report", help="write RUN_DIR/report.html from a run's summary.json and store")
+    rp.add_argument("run_dir", help="the folder `prae run` wrote summary.json into (next to run.store_dir)")
+    rp.set_defaults(func=_cmd_report)
 
     v = sub.add_parser("validate", help="check a config file and exit")
     v.add_argument("config")

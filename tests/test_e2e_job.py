@@ -73,4 +73,8 @@ def test_job_submit_runs_the_demo(head, tmp_path):
     assert counts == {n: tl.resolved for n, tl in timelines.items()}  # the summary counts the same
     job = next(w for w in summary["workloads"] if w["workload"] == "stages-job")["live_result"]
     assert job["tasks"] > 0 and job["in_reservation"] > 0, job  # its tasks ran in what PRAE reserved
+    # the HTML report beside it: the summary's table and two charts per workload
+    page = (tmp_path / "report.html").read_text()
+    assert page.count("<svg") == 2 * len(names) and "hot swaps:" in page
+    assert all(f'aria-label="{n}: CPU (cores)"' in page for n in names)
     assert (store / "telemetry").is_dir() and list((store / "forecasts").glob("workload=*/*.parquet"))

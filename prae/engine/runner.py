@@ -20,6 +20,7 @@ from prae.engine.loop import EngineLoop
 from prae.engine.ray_metrics import RayMetricsSink
 from prae.engine.ray_ports import RayAllocator, RayRetrainer, RayTelemetrySource, ServeForecaster
 from prae.engine.summary import RunSummary, format_table, rows_of_run, summarise_workload
+from prae.report.page import write_report
 from prae.store.feedback import FeedbackStore
 from prae.workloads.history import from_telemetry, plays_history
 
@@ -90,9 +91,14 @@ def run(config: PraeConfig, duration_s: float | None = None, keep_serving: bool 
             **summary.extra,
             "resizes": allocator.resize_summary(),
             "mode": "reserve" if config.allocator.enabled else "observe-only (reserved = would have reserved)",
+            "started_at": started_at,  # which of the store's rows are this run's
         },
     )
     (run_dir / "summary.json").write_text(summary.to_json())
+    try:
+        log.info("report: %s", write_report(run_dir))
+    except Exception as exc:  # the run's results are in the store and summary.json already
+        log.warning("could not write the HTML report: %r", exc)
     return summary
 
 

@@ -49,6 +49,25 @@ class RunSummary:
     def to_json(self) -> str:
         return strict_dumps(asdict(self))
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RunSummary:
+        """Back from ``to_json``'s data (``null`` figures come back as NaN)."""
+        floats = ("reserved_cpu", "used_cpu", "reserved_mem", "used_mem", "fallback_share", "shadow_cost_ratio")
+
+        def nan(v: Any) -> Any:
+            return math.nan if v is None else v
+
+        workloads = tuple(
+            WorkloadSummary(**{
+                **w,
+                **{k: nan(w[k]) for k in floats},
+                "wape": {k: nan(v) for k, v in w["wape"].items()},
+                "coverage80": {k: nan(v) for k, v in w["coverage80"].items()},
+            })
+            for w in d["workloads"]
+        )
+        return cls(workloads, d["hot_swaps"], tuple(d["model_versions"]), d["predictor_replicas"], d.get("extra", {}))
+
 
 def _col(table: pa.Table, name: str) -> np.ndarray:
     return table.column(name).to_numpy(zero_copy_only=False)
