@@ -912,3 +912,21 @@ def test_the_loop_publishes_its_metrics_counters_adding_up_and_gauges_as_they_ar
     assert last[("prae_reserved", (("resource", "cpu"), ("workload", "steps")))] == 0.0
     swapped = loop.swaps[-1].version_after
     assert last[("prae_model_info", (("version", swapped),))] == 1.0 and last[("prae_model_info", (("version", "v0"),))] == 0.0
+
+
+def test_tick_timing_keeps_a_histogram_not_every_tick_and_its_quantiles_are_within_half_a_percent():
+    """Before, every tick's duration was kept: a long-lived engine's list grew by 86 400 a day."""
+    from prae.engine.tick_timing import N_BINS, TickTiming
+
+    rng = np.random.default_rng(0)
+    d = np.concatenate([rng.lognormal(np.log(0.2), 0.5, 50_000), [3.0, 0.00005]])
+    it = iter(np.repeat(d, 2) * np.tile([0.0, 1.0], d.size) + np.repeat(np.arange(d.size) * 10.0, 2))
+    timing = TickTiming(interval_s=1.0, clock=lambda: next(it))
+    for _ in d:
+        with timing.tick():
+            pass
+    s = timing.summary()
+    assert s["ticks"] == d.size and s["late"] == int((d > 1.0).sum()) and s["max_s"] == 3.0
+    assert s["p50_s"] == pytest.approx(np.median(d), rel=0.005, abs=0.0005)
+    assert s["p95_s"] == pytest.approx(np.quantile(d, 0.95), rel=0.005, abs=0.0005)
+    assert timing.last == pytest.approx(0.00005) and timing.counts.size == N_BINS  # fixed size

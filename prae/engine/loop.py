@@ -467,7 +467,7 @@ class EngineLoop:
             for name, tr in self.trackers.items()
         }
         points = self.metrics.points(
-            tick_seconds=self.timing.durations[-1] if self.timing.durations else None,
+            tick_seconds=self.timing.last,
             model_version=self.model_version,
             pending_rows=self.store.pending_rows(),
             workloads=views,
