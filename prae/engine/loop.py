@@ -227,11 +227,12 @@ class EngineLoop:
                 self._release_finished(now)
             with self.timing.phase("learn"):
                 self._learn(now)
+            if now - self._published_at >= PUBLISH_EVERY_S:
+                with self.timing.phase("metrics"):
+                    self._publish_metrics(now)
         self.ticks += 1
         if self.ticks % self.flush_every == 0:
             self.store.start_flush()  # on a thread: the tick does not wait for the disk
-        if now - self._published_at >= PUBLISH_EVERY_S:
-            self._publish_metrics(now)
         return any(not t.finished for t in self.trackers.values())
 
     def _poll(self) -> None:
