@@ -9,42 +9,71 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-
-import ray  # noqa: E402
-
-from prae.engine.metrics import EngineMetrics, WorkloadView  # noqa: E402
-from prae.engine.ray_metrics import RayMetricsSink  # noqa: E402
-from prae.resources import QUANTILES  # noqa: E402
-from prae.testing.local_cluster import free_port  # noqa: E402
-from tests.test_metrics import DASHBOARD  # noqa: E402
+from prae.testing.local_cluster import free_port
+from tests.test_metrics import DASHBOARD
 
 pytestmark = pytest.mark.ray
 
 PROMETHEUS = shutil.which("prometheus")
 
 
+PUBLISHER = """
+import sys, threading, numpy as np, ray
+from prae.engine.metrics import EngineMetrics, WorkloadView
+from prae.engine.ray_metrics import ActorMetricsSink
+ray.init(address="local", num_cpus=1, include_dashboard=False, object_store_memory=100 * 1024**2,
+         _metrics_export_port=int(sys.argv[1]), _system_config={"metrics_report_interval_ms": 1000})
+stop = threading.Event()
+threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+sink, metrics, ticks = ActorMetricsSink("prae-test-metrics"), EngineMetrics(), 0
+q = np.tile(np.array([0.5, 1.0, 1.5, 1.7, 2.0]), (4, 1))
+print("publishing", flush=True)
+while not stop.wait(1.0):  # as a running engine publishes, until the test closes our stdin
+    ticks += 5
+    for name in ("etl", "replay"):
+        actual = 1.0 if ticks % 10 else 2.0  # inside the 80 % interval every other time
+        metrics.resolved(name, [{"resource": r, "q0.1": 0.5, "q0.9": 1.5, "actual": actual} for r in ("cpu", "mem")])
+    metrics.totals(prae_ticks_total=ticks, prae_ticks_late_total=ticks // 5, prae_fallback_ticks_total=ticks // 10,
+                   prae_hot_swaps_total=ticks // 10, prae_retrain_runs_total=ticks // 10)
+    views = {n: WorkloadView(running=True, usage=np.array([1.0, 2e9, 1e6, 1e5]), forecast=q, reserved=(2.0, 3e9))
+             for n in ("etl", "replay")}
+    sink.publish(metrics.points(tick_seconds=0.25, model_version="v1", pending_rows=ticks, workloads=views))
+sink.close(linger_s=0.0)
+ray.shutdown()
+"""
+
+
 @pytest.fixture(scope="module")
 def ray_metrics_port():
+    """A Ray driver in a process of its own that publishes the engine's metrics every second
+    through the engine's metrics actor (Ray's default export is every 10 s: here every 1 s).
+    Its own process, so that its Ray session (with a metrics port and a faster export) is
+    not the test process's."""
     port = free_port()
-    ray.init(
-        address="local", num_cpus=2, include_dashboard=False, object_store_memory=100 * 1024**2,
-        _metrics_export_port=port,
-        _system_config={"metrics_report_interval_ms": 1000},  # Ray's default: every 10 s
+    proc = subprocess.Popen(
+        [sys.executable, "-c", PUBLISHER, str(port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
     )
     try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "publishing"
         yield port
     finally:
-        ray.shutdown()
+        assert proc.stdin is not None
+        proc.stdin.close()  # it stops publishing and shuts its Ray down
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # the one process this test started
+            proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -92,23 +121,8 @@ def dashboard_queries() -> list[tuple[str, str]]:
 
 
 def test_prometheus_scrapes_the_engines_metrics_and_every_dashboard_query_returns_data(prometheus):
-    sink, metrics = RayMetricsSink(), EngineMetrics()
-    q = np.tile(np.array([0.5, 1.0, 1.5, 1.7, 2.0]), (4, 1))
-    assert q.shape[1] == len(QUANTILES)
     deadline = time.time() + 120
-    ticks = 0
-    while True:  # publish as a running engine does, until every query has something to say
-        ticks += 5
-        for name in ("etl", "replay"):
-            actual = 1.0 if ticks % 10 else 2.0  # inside the 80 % interval every other time
-            metrics.resolved(name, [{"resource": r, "q0.1": 0.5, "q0.9": 1.5, "actual": actual} for r in ("cpu", "mem")])
-        metrics.totals(prae_ticks_total=ticks, prae_ticks_late_total=ticks // 5, prae_fallback_ticks_total=ticks // 10,
-                       prae_hot_swaps_total=ticks // 10, prae_retrain_runs_total=ticks // 10)
-        views = {
-            name: WorkloadView(running=True, usage=np.array([1.0, 2e9, 1e6, 1e5]), forecast=q, reserved=(2.0, 3e9))
-            for name in ("etl", "replay")
-        }
-        sink.publish(metrics.points(tick_seconds=0.25, model_version="v1", pending_rows=ticks, workloads=views))
+    while True:  # until every query has something to say
         try:
             empty = [(title, expr) for title, expr in dashboard_queries() if not query(prometheus, expr)]
             coverage = query(prometheus, COVERAGE)

@@ -167,7 +167,7 @@ class EngineLoop:
     ) -> None:
         """``clock``: the time forecasts are stamped with; ``timer``: what times the ticks;
         ``metrics``: where the engine's metrics go every ``PUBLISH_EVERY_S`` (on Ray:
-        ``prae.engine.ray_metrics.RayMetricsSink``), None: nowhere."""
+        ``prae.engine.ray_metrics.ActorMetricsSink``), None: nowhere."""
         self.config = config
         self.telemetry = telemetry
         self.forecaster = forecaster

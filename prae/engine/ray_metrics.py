@@ -1,17 +1,31 @@
 """The engine's metrics through ``ray.util.metrics``: exported by each node's Ray agent to
 Prometheus (``ray_``-prefixed) and shown by the Ray dashboard's Grafana. The catalogue and
-the points are :mod:`prae.engine.metrics`'s; this only hands them to Ray."""
+the points are :mod:`prae.engine.metrics`'s; this only hands them to Ray.
+
+The metric objects live in a named actor (``prae-<run>-metrics-<id>``), not in the engine's
+driver: Ray's OpenTelemetry gauges can crash a process at exit (ray#60048, a gauge callback
+racing the shutdown), and a driver that exits with SIGSEGV after a good run fails its
+``ray job submit``. CI saw a test process that had published from the driver die so, after
+all its tests passed. An actor's exit is Ray's business.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
+import uuid
 from typing import Any
 
+import ray
 from ray.util import metrics as ray_metrics
 
 from prae.engine.metrics import METRICS, Point
 
 log = logging.getLogger(__name__)
+# Ray's agent exports every 10 s: the actor outlives the run's last publication this long,
+# so the final values (nothing held, nothing running) reach Prometheus.
+LINGER_S = 15.0
 
 
 class RayMetricsSink:
@@ -39,3 +53,37 @@ class RayMetricsSink:
                     m.set(p.value, tags=tags)
         except Exception as exc:  # metrics must never stop the engine
             log.warning("could not publish metrics: %r", exc)
+
+
+MetricsActor = ray.remote(num_cpus=0, max_restarts=-1)(RayMetricsSink)
+
+
+class ActorMetricsSink:
+    """The loop's ``MetricsSink`` on Ray: each publication is sent to the metrics actor and
+    not waited for (a tick never waits for metrics; one lost with a dying actor is a gap in
+    the counters' increase, which Prometheus's ``rate`` bridges)."""
+
+    def __init__(self, name: str) -> None:
+        """``name``: the actor's, for the dashboard; a suffix makes it this run's alone (a
+        previous run's may still linger)."""
+        self.actor = MetricsActor.options(name=f"{name}-{uuid.uuid4().hex[:8]}").remote()
+        self._last: Any = None
+
+    def publish(self, points: list[Point]) -> None:
+        self._last = self.actor.publish.remote(points)
+
+    def close(self, linger_s: float = LINGER_S) -> None:
+        """Wait for the last publication, then remove the actor after ``linger_s`` (on a
+        timer thread: the run's end does not wait for it)."""
+        try:
+            if self._last is not None:
+                ray.get(self._last, timeout=30)
+        except Exception as exc:
+            log.warning("the last metrics publication failed: %r", exc)
+        timer = threading.Timer(linger_s, self._kill)
+        timer.daemon = True
+        timer.start()
+
+    def _kill(self) -> None:
+        with contextlib.suppress(Exception):  # Ray already shut down: the actor went with it
+            ray.kill(self.actor)

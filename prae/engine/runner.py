@@ -17,7 +17,7 @@ import ray
 
 from prae.config import PraeConfig
 from prae.engine.loop import EngineLoop
-from prae.engine.ray_metrics import RayMetricsSink
+from prae.engine.ray_metrics import ActorMetricsSink
 from prae.engine.ray_ports import RayAllocator, RayRetrainer, RayTelemetrySource, ServeForecaster
 from prae.engine.summary import RunSummary, format_table, rows_of_run, summarise_workload
 from prae.report.page import write_report
@@ -74,12 +74,14 @@ def run(config: PraeConfig, duration_s: float | None = None, keep_serving: bool 
     retrainer = RayRetrainer(config, store_root, run_dir / "models", config.predictor.checkpoint)
     histories = {w.name: from_telemetry(store.read("telemetry", w.name)) for w in config.workloads if plays_history(w)}
     telemetry = RayTelemetrySource(config, run_dir / "work", prefix, histories)
-    loop = EngineLoop(config, telemetry, forecaster, allocator, store, retrainer, metrics=RayMetricsSink())
+    metrics = ActorMetricsSink(f"{prefix}metrics")
+    loop = EngineLoop(config, telemetry, forecaster, allocator, store, retrainer, metrics=metrics)
     t0 = time.time()
     try:
         loop.run(duration_s if duration_s is not None else config.run.duration_s)
     finally:
         telemetry.kill()
+        metrics.close()  # after the final publication is exported
         if not keep_serving:
             serve.delete(APP_NAME)
     allocator.records()  # the reservations still open go to the store too
