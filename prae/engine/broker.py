@@ -350,9 +350,11 @@ class ReservationBroker:
         self.resize_counts[workload] = self.resize_counts.get(workload, 0) + 1
 
     def _closed_at(self, res: Reservation, now: float) -> None:
-        """``res`` was removed at ``now``: forget what was removed before the window."""
         res.state, res.removed_at, res.changed_at = "removed", now, now
         self._closed.append(res)
+
+    def _prune(self, now: float) -> None:
+        """Forget the records and resizes older than ``keep_closed_s``, once a step."""
         horizon = now - self.keep_closed_s
         while self._closed and (self._closed[0].removed_at or 0.0) < horizon:
             self.history.pop(self._closed.popleft().name, None)
@@ -364,6 +366,7 @@ class ReservationBroker:
 
     def apply(self, requests: Sequence[ResourceRequest], now: float) -> None:
         """One planning step: refresh Ray's view, take the new requests, launch from the queue."""
+        self._prune(now)
         self._refresh(now)
         floor: list[dict[str, float]] = []
         for req in requests:  # already in priority order
