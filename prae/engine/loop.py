@@ -256,7 +256,8 @@ class EngineLoop:
             outcomes.extend((tr.slot, fc, y) for fc, y in resolved)
             if rows:
                 self.store.append("forecasts", name, rows)
-                self.metrics.resolved(name, rows)
+                if self.metrics_sink is not None:
+                    self.metrics.resolved(name, rows)
         learn_outcomes(self.learning, outcomes)
 
     def _forecast_and_allocate(self, now: float) -> None:
