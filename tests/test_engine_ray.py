@@ -205,6 +205,11 @@ def test_demo_loop_end_to_end(local_ray, tmp_path):
     assert got.get(("ray_prae_hot_swaps_total", frozenset()), 0.0) == summary.hot_swaps
     assert sum(v for (n, _), v in got.items() if n == "ray_prae_model_info") == 1.0
     assert any(n == "ray_prae_usage" and v > 0 for (n, _), v in got.items())
+    # ... and the metrics actor ends itself once they were exported: nothing of the run is left
+    deadline = time.time() + 60
+    while [n for n in ray.util.list_named_actors() if n.startswith("prae-itest-metrics-")]:
+        assert time.time() < deadline, ray.util.list_named_actors()
+        time.sleep(1)
 
 
 def test_summary_counts_only_this_runs_forecasts(local_ray, tmp_path):

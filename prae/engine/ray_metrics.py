@@ -11,9 +11,8 @@ all its tests passed. An actor's exit is Ray's business.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import threading
+import time
 import uuid
 from typing import Any
 
@@ -55,7 +54,19 @@ class RayMetricsSink:
             log.warning("could not publish metrics: %r", exc)
 
 
-MetricsActor = ray.remote(num_cpus=0, max_restarts=-1)(RayMetricsSink)
+class MetricsPublisher(RayMetricsSink):
+    """The metrics actor's class: the sink, and its own orderly end."""
+
+    def retire(self, linger_s: float) -> None:
+        """Exit after ``linger_s``, once Ray's agent has exported the final values. The actor
+        ends itself: a driver thread that called ``ray.kill`` later could find Ray shut down,
+        and ``ray.kill`` then starts a new local Ray (seen in CI: the next test's ``ray.init``
+        failed against it)."""
+        time.sleep(linger_s)
+        ray.actor.exit_actor()
+
+
+MetricsActor = ray.remote(num_cpus=0, max_restarts=-1)(MetricsPublisher)
 
 
 class ActorMetricsSink:
@@ -73,17 +84,11 @@ class ActorMetricsSink:
         self._last = self.actor.publish.remote(points)
 
     def close(self, linger_s: float = LINGER_S) -> None:
-        """Wait for the last publication, then remove the actor after ``linger_s`` (on a
-        timer thread: the run's end does not wait for it)."""
+        """Wait for the last publication, then tell the actor to exit ``linger_s`` later (the
+        run's end does not wait for that; a Ray shut down sooner takes the actor with it)."""
         try:
             if self._last is not None:
                 ray.get(self._last, timeout=30)
+            self.actor.retire.remote(linger_s)
         except Exception as exc:
-            log.warning("the last metrics publication failed: %r", exc)
-        timer = threading.Timer(linger_s, self._kill)
-        timer.daemon = True
-        timer.start()
-
-    def _kill(self) -> None:
-        with contextlib.suppress(Exception):  # Ray already shut down: the actor went with it
-            ray.kill(self.actor)
+            log.warning("the metrics actor did not take the last publication or its end: %r", exc)
