@@ -27,8 +27,9 @@ log = logging.getLogger(__name__)
 LINGER_S = 15.0
 
 
-class RayMetricsSink:
-    """One ``ray.util.metrics`` object per catalogue entry, made on first use."""
+class MetricsPublisher:
+    """The metrics actor's class: one ``ray.util.metrics`` object per catalogue entry, made on
+    first use, and the actor's own orderly end."""
 
     def __init__(self) -> None:
         self._objects: dict[str, Any] = {}
@@ -52,10 +53,6 @@ class RayMetricsSink:
                     m.set(p.value, tags=tags)
         except Exception as exc:  # metrics must never stop the engine
             log.warning("could not publish metrics: %r", exc)
-
-
-class MetricsPublisher(RayMetricsSink):
-    """The metrics actor's class: the sink, and its own orderly end."""
 
     def retire(self, linger_s: float) -> None:
         """Exit after ``linger_s``, once Ray's agent has exported the final values. The actor

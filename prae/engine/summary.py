@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -52,7 +52,7 @@ class RunSummary:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> RunSummary:
         """Back from ``to_json``'s data (``null`` figures come back as NaN)."""
-        floats = ("reserved_cpu", "used_cpu", "reserved_mem", "used_mem", "fallback_share", "shadow_cost_ratio")
+        floats = [f.name for f in fields(WorkloadSummary) if f.type == "float"]  # JSON null -> NaN
 
         def nan(v: Any) -> Any:
             return math.nan if v is None else v
@@ -69,7 +69,8 @@ class RunSummary:
         return cls(workloads, d["hot_swaps"], tuple(d["model_versions"]), d["predictor_replicas"], d.get("extra", {}))
 
 
-def _col(table: pa.Table, name: str) -> np.ndarray:
+def column(table: pa.Table, name: str) -> np.ndarray:
+    """A column as a numpy array (the store's tables: no nested types)."""
     return table.column(name).to_numpy(zero_copy_only=False)
 
 
@@ -79,7 +80,7 @@ def rows_of_run(table: pa.Table, started_at: float, time_column: str = "issued_a
     forecasts or reservations of the runs before it."""
     if not table.num_rows:
         return table
-    return table.filter(_col(table, time_column).astype(float) >= started_at)
+    return table.filter(column(table, time_column).astype(float) >= started_at)
 
 
 def summarise_workload(
@@ -94,24 +95,24 @@ def summarise_workload(
 ) -> WorkloadSummary:
     """``forecasts``: this workload's rows of the store's forecasts table."""
     wape, cov = {}, {}
-    resource = _col(forecasts, "resource") if forecasts.num_rows else np.array([])
-    actual_all = _col(forecasts, "actual").astype(float) if forecasts.num_rows else np.array([])
+    resource = column(forecasts, "resource") if forecasts.num_rows else np.array([])
+    actual_all = column(forecasts, "actual").astype(float) if forecasts.num_rows else np.array([])
     means: dict[str, tuple[float, float]] = {}
     n_resolved = 0
     for res in RESOURCES:
         m = (resource == res) & np.isfinite(actual_all)
         a = actual_all[m]
-        med = _col(forecasts, "q0.5").astype(float)[m] if forecasts.num_rows else a
-        lo = _col(forecasts, "q0.1").astype(float)[m] if forecasts.num_rows else a
-        hi = _col(forecasts, "q0.9").astype(float)[m] if forecasts.num_rows else a
+        med = column(forecasts, "q0.5").astype(float)[m] if forecasts.num_rows else a
+        lo = column(forecasts, "q0.1").astype(float)[m] if forecasts.num_rows else a
+        hi = column(forecasts, "q0.9").astype(float)[m] if forecasts.num_rows else a
         denom = np.abs(a).sum()
         wape[res] = float(np.abs(med - a).sum() / denom) if denom > 0 else math.nan
         cov[res] = float(((a >= lo) & (a <= hi)).mean()) if len(a) else math.nan
         n_resolved = max(n_resolved, int(m.sum()))
         if res in ("cpu", "mem") and len(a):
-            reserved = _col(forecasts, "reserved").astype(float)[m]
+            reserved = column(forecasts, "reserved").astype(float)[m]
             means[res] = (float(np.nan_to_num(reserved).mean()), float(a.mean()))
-    sources = _col(forecasts, "source") if forecasts.num_rows else np.array([])
+    sources = column(forecasts, "source") if forecasts.num_rows else np.array([])
     return WorkloadSummary(
         workload=workload,
         exit_code=exit_code,

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from prae.engine.summary import RunSummary, format_table, rows_of_run
+from prae.engine.summary import RunSummary, column, format_table, rows_of_run
 from prae.errors import PraeError
 from prae.report.svg import Band, Line, line_chart
 from prae.store.feedback import FeedbackStore
@@ -30,7 +30,7 @@ section { margin-top: 24px; }
 
 
 def _np(table: pa.Table, name: str) -> np.ndarray:
-    return np.asarray(table.column(name).to_numpy(zero_copy_only=False), dtype=float)
+    return column(table, name).astype(float)
 
 
 def _of(table: pa.Table, **equal: str) -> pa.Table:
