@@ -467,7 +467,7 @@ def test_the_mirror_keeps_the_resizes_of_an_allocator_that_died_and_counts_a_rep
         for _ in range(times):  # a call run again on a restarted actor (at least once)
             report = alloc.apply_reporting(requests, now, -math.inf, seen)
             mirror.asked(requests, now)
-            mirror.take(report)
+            mirror.take(report, now)
 
     first = BrokerAllocator(ReservationBroker(backend, None, "m-"))
     for i, cpu in enumerate([1.0, 2.0, 3.0, 2.0]):
@@ -499,7 +499,7 @@ def swing(alloc, steps, since_lag=1, workloads=("a", "b", "c"), step_s=10.0, mir
             report = alloc.apply_reporting(requests, now, since, seen)
             if mirror is not None:
                 mirror.asked(requests, now)
-                mirror.take(report)
+                mirror.take(report, now)
         since = now
     return since
 
@@ -557,7 +557,7 @@ def test_a_mirror_that_falls_behind_the_window_counts_the_resizes_it_missed():
     swing(alloc, 100)  # nobody mirrors these 1000 s
     mirror = AllocatorMirror()
     report = alloc.apply_reporting([req("a", 2.0)], 1000.0, 990.0, mirror.resizes_seen)
-    mirror.take(report)
+    mirror.take(report, 1000.0)
     got = sum(mirror.resize_counts.values())
     assert mirror.resizes_missed > 0 and mirror.resizes_missed + got == sum(broker.resize_counts.values())
 

@@ -664,14 +664,13 @@ class BrokerAllocator:
         held = self.apply(requests, now)
         incarnation, seen = resizes_seen
         start, resizes = self.broker.resizes_after(seen if incarnation == self.broker.incarnation else 0)
-        return AllocatorReport(held, self.broker.changed_records(since), since, self.broker.incarnation, start, resizes)
+        return AllocatorReport(held, self.broker.changed_records(since), self.broker.incarnation, start, resizes)
 
 
 @dataclass(frozen=True)
 class AllocatorReport:
     held: dict[str, tuple[float, float]]  # what each workload holds in ready groups
     records: list[dict[str, Any]]  # the decision records changed since the caller's last call
-    since: float  # the caller's ``since``: records removed before it are not in ``records``
     incarnation: str  # the broker's
     resizes_from: int  # the position in its resize log the ``resizes`` start at
     resizes: list[ResizeEvent]
@@ -721,13 +720,16 @@ class AllocatorMirror:
     until the broker can no longer send it again (it sends those removed at or after the
     caller's ``since``). So a long-lived engine's memory follows what is held, not every
     reservation it ever made. Without one it keeps every record (``final`` returns them).
+    ``since`` is what the caller passes as the next call's ``since``.
     """
 
     def __init__(self, sink: RecordSink | None = None) -> None:
         self.sink = sink
         self.by_name: dict[str, dict[str, Any]] = {}
         self._sunk: dict[str, float] = {}  # name -> removed_at, of records handed to the sink
-        self._since = -math.inf  # the latest report's: records removed before it were sunk
+        # the time of the last call taken: the next call asks for what changed since (and,
+        # with a sink, a record removed before it was handed over already)
+        self.since = -math.inf
         self.resize_counts: dict[str, int] = {}  # every allocator's, per workload
         self.resizes_missed = 0
         self.first_seen: dict[str, float] = {}
@@ -740,9 +742,14 @@ class AllocatorMirror:
             self.first_seen.setdefault(req.workload, now)
             self.last_seen[req.workload] = now
 
-    def take(self, report: AllocatorReport) -> None:
+    def take(self, report: AllocatorReport, now: float) -> None:
+        """The report of the call made at ``now`` (with ``since`` as it was before this)."""
         self.merge(report.records)
-        self._sink_closed(report.since)
+        self._sink_closed()
+        self.since = max(self.since, now)
+        # the next call sends what was removed at or after ``now``: only those names can
+        # come again (``merge`` skips an older record by its time)
+        self._sunk = {n: t for n, t in self._sunk.items() if t >= self.since}
         incarnation, seen = self.resizes_seen
         seen = seen if incarnation == report.incarnation else 0
         self.resizes_missed += max(0, report.resizes_from - seen)
@@ -753,24 +760,20 @@ class AllocatorMirror:
     def resize_summary(self) -> dict[str, Any]:
         return summarise_resizes(self.first_seen, self.last_seen, self.resize_counts)
 
-    def _sink_closed(self, since: float) -> None:
+    def _sink_closed(self) -> None:
         if self.sink is None:
             return
-        # a record removed before ``since`` is not sent again, but by ``records``: its name
-        # can go, and ``merge`` skips such a record by its time
-        self._since = max(self._since, since)
-        self._sunk = {n: t for n, t in self._sunk.items() if t >= since}
         closed = [r for r in self.by_name.values() if r["state"] == "removed"]
         if closed:
             self.sink(closed)
             for rec in closed:
                 del self.by_name[rec["name"]]
-                self._sunk[rec["name"]] = rec.get("removed_at") or since
+                self._sunk[rec["name"]] = rec.get("removed_at") or self.since
 
     def merge(self, records: Iterable[dict[str, Any]]) -> None:
         for rec in records:
             if rec["name"] in self._sunk or (
-                self.sink is not None and rec["state"] == "removed" and (rec.get("removed_at") or 0.0) < self._since
+                self.sink is not None and rec["state"] == "removed" and (rec.get("removed_at") or 0.0) < self.since
             ):
                 continue  # sent again after it was handed to the sink
             old = self.by_name.get(rec["name"])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -144,15 +143,13 @@ class RayAllocator:
             config.allocator, f"{prefix}res-"
         )
         self.mirror = AllocatorMirror(store_sink(store) if store is not None else None)
-        self._since = -math.inf
 
     def apply(self, requests: Sequence[ResourceRequest], now: float) -> dict[str, tuple[float, float]]:
         report = ray.get(
-            self.actor.apply_reporting.remote(list(requests), now, self._since, self.mirror.resizes_seen)
+            self.actor.apply_reporting.remote(list(requests), now, self.mirror.since, self.mirror.resizes_seen)
         )
         self.mirror.asked(requests, now)
-        self.mirror.take(report)
-        self._since = now
+        self.mirror.take(report, now)
         return report.held
 
     def release(self, workload: str, now: float) -> None:

@@ -45,8 +45,9 @@ def _columns(table: pa.Table, by: str, names: tuple[str, ...], div: float = 1.0)
     """Columns as float arrays sorted by ``by`` (divided by ``div``, all but ``by``)."""
     if not table.num_rows:
         return {n: np.array([]) for n in (by, *names)}
-    order = np.argsort(_np(table, by), kind="stable")
-    return {by: _np(table, by)[order], **{n: _np(table, n)[order] / div for n in names}}
+    key = _np(table, by)
+    order = np.argsort(key, kind="stable")
+    return {by: key[order], **{n: _np(table, n)[order] / div for n in names}}
 
 
 def workload_charts(name: str, telemetry: pa.Table, forecasts: pa.Table, t0: float) -> str:
@@ -70,9 +71,7 @@ def render(summary: RunSummary, store: FeedbackStore) -> str:
     """The page for a run: ``summary.extra['started_at']`` says which of the store's rows are
     this run's (a store is kept across runs)."""
     started = float(summary.extra.get("started_at", 0.0))
-    telemetry = store.read("telemetry")
-    if telemetry.num_rows:
-        telemetry = rows_of_run(telemetry, started, "ts")
+    telemetry = rows_of_run(store.read("telemetry"), started, "ts")
     forecasts = rows_of_run(store.read("forecasts"), started)
     names = [w.workload for w in summary.workloads]
     body = "".join(workload_charts(n, telemetry, forecasts, started) for n in names)
