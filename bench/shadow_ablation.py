@@ -67,7 +67,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from prae.config import ShadowSpec, WorkloadSpec  # noqa: E402
-from prae.model.combination import MedianSelector, level_ratio, point_candidates  # noqa: E402
+from prae.model.combination import CANDIDATES, MedianSelector, level_ratio, point_candidates  # noqa: E402
+from prae.model.seasonal import seasonal_track  # noqa: E402
 from prae.telemetry.alignment import align_shadow_by_progress  # noqa: E402
 from prae.workloads import forkserver  # noqa: E402
 from prae.workloads.curve import SAMPLE_INTERVAL_ENV  # noqa: E402
@@ -320,14 +321,18 @@ def chosen_points(
     engine carries it from run to run; they go on learning here."""
     y = np.array(run.live, dtype=float)
     last = np.broadcast_to(y[steps][:, None, :], q50.shape)  # (N, H, R)
+    # as the engine's tracker: the samples are the steps (runs shorter than the periodic
+    # candidate's history get none)
+    step_s = float(np.median(np.diff(run.live_ts))) if len(run.live_ts) > 1 else 1.0
+    seasonal = np.stack([seasonal_track(y, k, step_s)[steps] for k in range(1, h + 1)], axis=1)
     if with_shadow:
         now_all = aligned_shadow(run, 0)
         now = now_all[steps][:, None, :]
         ahead = np.stack([aligned_shadow(run, k)[steps] for k in range(1, h + 1)], axis=1)
         ratio = np.stack([level_ratio(y[: t + 1], now_all[: t + 1]) for t in steps])[:, None, :]
-        cand = point_candidates(q50, last, np.broadcast_to(now, q50.shape), ahead, ratio)
+        cand = point_candidates(q50, last, np.broadcast_to(now, q50.shape), ahead, ratio, seasonal=seasonal)
     else:
-        cand = point_candidates(q50, last)
+        cand = point_candidates(q50, last, seasonal=seasonal)
     n_c = cand.shape[-1]
     out = np.empty(q50.shape)
     one = np.zeros(1, np.int64)
@@ -350,7 +355,7 @@ def carried_choice(
     ``model`` as it was then (before it was fine-tuned on that run): what the engine carries
     into the next run of a workload (``ChoiceRecord``)."""
     live, shadow, steps = windows_for(prev, model.window_steps, h, shadow_input, t0)
-    n_c = 4 if with_shadow else 2
+    n_c = len(CANDIDATES) if with_shadow else len(CANDIDATES) - 2  # point_candidates' columns
     n_r = len(prev.live[0])
     selectors = [MedianSelector(1, n_r, half_life=half_life, n_candidates=n_c) for _ in range(h)]
     if steps:

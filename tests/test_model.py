@@ -294,7 +294,7 @@ def test_shadow_change_worked_numbers() -> None:
 def test_median_selector_takes_the_shadow_candidate_only_where_it_wins() -> None:
     """Series 0: the shadow's change is exact, the model and the last value are not;
     series 1 has no shadow (NaN candidate): it scores as the model and never wins."""
-    from prae.model.combination import MedianSelector
+    from prae.model.combination import CANDIDATES, MedianSelector
 
     sel = MedianSelector(2, 1, half_life=10, n_candidates=3, min_outcomes=5)
     for _ in range(10):
@@ -305,7 +305,7 @@ def test_median_selector_takes_the_shadow_candidate_only_where_it_wins() -> None
     with pytest.raises(ValueError, match="expected 3 candidates"):
         sel.update(np.arange(2), issued[..., :2], np.array([[5.0], [2.0]]))
     with pytest.raises(ValueError, match="n_candidates"):
-        MedianSelector(1, 1, n_candidates=5)
+        MedianSelector(1, 1, n_candidates=len(CANDIDATES) + 1)
 
 
 def test_shadow_level_worked_numbers() -> None:
@@ -318,9 +318,10 @@ def test_shadow_level_worked_numbers() -> None:
     ratio = level_ratio(live, now)
     np.testing.assert_allclose(ratio, [20.0, np.nan])  # row 2 unknown for cpu; mem's shadow sums to 0
     cand = point_candidates(np.array([5.0, 5.0]), live[-1], now[-1], np.array([0.3, 1.0]), ratio)
-    assert cand.shape == (2, 4)
-    np.testing.assert_allclose(cand[:, 3], [6.0, np.nan])
-    assert point_candidates(np.array([5.0]), np.array([4.0])).shape == (1, 2)  # no shadow
+    assert cand.shape == (2, 7)
+    np.testing.assert_allclose(cand[:, 6], [6.0, np.nan])
+    assert np.isnan(cand[:, 2:5]).all()  # no seasonal candidates given
+    assert point_candidates(np.array([5.0]), np.array([4.0])).shape == (1, 5)  # no shadow
 
 
 def test_with_median_keeps_every_other_level() -> None:
@@ -357,3 +358,92 @@ def test_level_weights_worked_number_and_weighted_fit() -> None:
     p.metadata["level_power"] = 1.0
     fit(p, w, epochs=1, seed=0, batch_size=64)
     assert p.version == runs[1]
+
+
+def test_dominant_period_finds_a_bursty_cycle_and_nothing_in_a_flat_or_gappy_window() -> None:
+    """A VM that bursts for 8 steps every 17 (held-out Bitbrains VM 235 does, at ~17.5),
+    with noise: the autocorrelation's best lag beyond the lead is the cycle."""
+    from prae.model.seasonal import dominant_periods
+
+    rng = np.random.default_rng(0)
+    t = np.arange(1152)
+    burst = np.where(t % 17 < 8, 4.0, 0.5) + rng.normal(0, 0.3, t.size)
+    flat = np.full(t.size, 2.0)
+    gappy = burst.copy()
+    gappy[rng.random(t.size) < 0.3] = np.nan  # 30 % missing: more than MAX_MISSING
+    assert dominant_periods(np.stack([burst, flat, gappy]), min_lag=4).tolist() == [17, 0, 0]
+    # a short window cannot show a long period: the lags stop at half the window
+    assert dominant_periods(burst[:30], min_lag=16) == 0
+
+
+def test_seasonal_candidates_are_causal_and_the_engine_gets_the_backtests_rows() -> None:
+    """``seasonal_track`` (the backtest, all rows at once) and ``SeasonalNow`` (the engine,
+    a row at a time from a bounded buffer) give the same candidates row for row, and
+    changing the data after row t changes no candidate issued at or before t."""
+    from prae.model.seasonal import (
+        PERIODIC_HISTORY,
+        SEASONAL,
+        SeasonalNow,
+        calendar_periods,
+        seasonal_track,
+    )
+
+    assert calendar_periods(300.0, 3) == {"daily": 288, "weekly": 2016}
+    assert calendar_periods(7.0, 3) == {"weekly": 86400}  # a day is not a whole number of 7-s steps
+    rng = np.random.default_rng(1)
+    t, lead = 2400, 3
+    rows = np.arange(t)
+    y = np.stack(
+        [
+            np.where(rows % 17 < 8, 4.0, 0.5) + rng.normal(0, 0.1, t),  # a 17-step cycle
+            1.0 + 0.5 * np.sin(2 * np.pi * rows / 288) + rng.normal(0, 0.05, t),  # daily
+            rng.lognormal(0, 1, t),
+            np.full(t, 3.0),
+        ],
+        axis=1,
+    )
+    y[500:540, 2] = np.nan
+    track = seasonal_track(y, lead, 300.0)
+    assert track.shape == (t, 4, len(SEASONAL))
+    assert np.isnan(track[: PERIODIC_HISTORY, :, 0]).all()  # no period before a window
+    # the cycle's candidate: the bursts' level at the target's place in the cycle
+    late = np.arange(PERIODIC_HISTORY + 12, t)
+    expected = np.where((late + lead) % 17 < 8, 4.0, 0.5)
+    np.testing.assert_allclose(track[late, 0, 0], expected, atol=0.35)
+    np.testing.assert_allclose(track[600:, 1, 1], y[600 + lead - 288 : t + lead - 288, 1], atol=0.2)
+    # a week back (2016 steps) is known from row 2016 - lead on, the repeats that are known
+    assert np.isnan(track[: 2016 - lead, :, 2]).all()
+    np.testing.assert_array_equal(track[2016 - lead :, 0, 2], y[: t - 2016 + lead, 0])
+
+    now = SeasonalNow(4)
+    buffer = 1300  # the engine keeps the newest rows only: enough for a period and 3 days
+    for i in range(t):
+        got = now(y[max(0, i + 1 - buffer) : i + 1], i + 1, lead, 300.0)
+        np.testing.assert_array_equal(got[:, :2], track[i, :, :2], err_msg=f"row {i}")
+        assert np.isnan(got[:, 2]).all()  # a week back is beyond the buffer
+
+    y2 = y.copy()
+    y2[1700:] *= 5.0
+    track2 = seasonal_track(y2, lead, 300.0)
+    np.testing.assert_array_equal(track[:1700], track2[:1700])
+    assert not np.allclose(track[1800:, 0, 0], track2[1800:, 0, 0])
+
+
+def test_median_selector_weighs_candidates_by_their_relative_error() -> None:
+    """Worked numbers of the soft minimum: errors 1.0 and 1.05 -> weights 1 : e**-1 at
+    sharpness 20; a candidate unknown now has no weight; None: the best alone."""
+    from prae.model.combination import MedianSelector
+
+    sel = MedianSelector(1, 1, half_life=10, n_candidates=3, min_outcomes=1, sharpness=20.0)
+    sel.update(np.zeros(1, int), np.array([[[1.0, 3.05, 7.0]]]), np.array([[2.0]]))  # errors 1, 1.05, 5
+    w = sel.mix_weights(np.zeros(1, int))[0, 0]
+    np.testing.assert_allclose(w[:2] / w[0], [1.0, np.exp(-1.0)])
+    assert w[2] < 1e-30
+    now = np.array([[[10.0, 20.0, 30.0]]])
+    np.testing.assert_allclose(sel.select(np.zeros(1, int), now), [[(10 + 20 * np.exp(-1)) / (1 + np.exp(-1))]])
+    np.testing.assert_allclose(sel.select(np.zeros(1, int), np.array([[[10.0, np.nan, 30.0]]])), [[10.0]])
+    hard = MedianSelector(1, 1, n_candidates=3, min_outcomes=1, sharpness=None)
+    hard.update(np.zeros(1, int), np.array([[[1.0, 3.05, 7.0]]]), np.array([[2.0]]))
+    np.testing.assert_allclose(hard.select(np.zeros(1, int), now), [[10.0]])
+    with pytest.raises(ValueError, match="sharpness"):
+        MedianSelector(1, 1, sharpness=0.0)

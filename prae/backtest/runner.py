@@ -8,8 +8,9 @@ policy sees the forecasts issued at t. ``run_backtest`` is a list of named, time
     align       put all series on one grid (they share a step; starts may differ)
     forecast    block by block: retrain on the past, then batched inference for the block
     calibrate   online conformal adjustment, step by step, vectorised over series
-    point       per series, the median is the model's or the last value, whichever had
-                the smaller recent resolved error (prae.model.combination)
+    point       per series, the median is the model's, the last value's and the seasonal
+                candidates' (prae.model.seasonal), weighted by their recent resolved
+                errors (prae.model.combination)
     tail        per series, cpu, disk and net take the levels >= q0.9 from an anchor (the
                 last value; cpu's peak of the last hour) plus the series' own recent
                 changes from it, where that tail has had the smaller recent pinball loss
@@ -36,6 +37,7 @@ from prae.model.calibration import CalibrationBank
 from prae.model.combination import MedianSelector, point_candidates, with_median
 from prae.model.predictor import Predictor
 from prae.model.promotion import Comparison, PromotionRule, compare, judge
+from prae.model.seasonal import SEASONAL, seasonal_track
 from prae.model.tails import (
     ANCHOR_PEAK_S,
     HOUR_PEAK_RESOURCES,
@@ -273,16 +275,16 @@ def forecast(
 
 
 def choose_median(grid: Grid, raw: np.ndarray, cfg: BacktestConfig, lead: int) -> np.ndarray:
-    """Point forecasts (S, T, R): per series, the model's median or the last value,
-    whichever had the smaller recent resolved error (``MedianSelector``). At step t it
-    learns from the targets that arrived at t (issued at t - lead), then chooses for the
-    forecasts issued at t."""
+    """Point forecasts (S, T, R): per series, the model's median, the last value and the
+    seasonal candidates (``prae.model.seasonal``) weighted by their recent resolved errors
+    (``MedianSelector``). At step t it learns from the targets that arrived at t (issued
+    at t - lead), then weighs the forecasts issued at t."""
     i50 = QUANTILES.index(0.5)
     s_n, t_n, r_n = raw.shape[:3]
-    cand = point_candidates(raw[..., i50], last_value(grid.y))
+    cand = point_candidates(raw[..., i50], last_value(grid.y), seasonal=seasonal_grid(grid, lead))
     if cfg.median_half_life is None:
         return cand[..., 0]
-    sel = MedianSelector(s_n, r_n, half_life=cfg.median_half_life)
+    sel = MedianSelector(s_n, r_n, half_life=cfg.median_half_life, n_candidates=cand.shape[-1])
     out = np.full((s_n, t_n, r_n), np.nan)
 
     def learn(idx: np.ndarray, tt: int, t: int) -> None:
@@ -292,6 +294,14 @@ def choose_median(grid: Grid, raw: np.ndarray, cfg: BacktestConfig, lead: int) -
         out[idx, t] = sel.select(idx, cand[idx, t])
 
     walk_causally(~np.isnan(raw[..., 0, 0]), lead, learn, act)
+    return out
+
+
+def seasonal_grid(grid: Grid, lead: int) -> np.ndarray:
+    """(S, T, R, 3): ``seasonal_track`` of each series over its own rows (row 0 its first)."""
+    out = np.full((*grid.y.shape, len(SEASONAL)), np.nan)
+    for i, (off, n) in enumerate(zip(grid.offsets, grid.lengths, strict=True)):
+        out[i, off : off + n] = seasonal_track(grid.y[i, off : off + n], lead, grid.step_s)
     return out
 
 

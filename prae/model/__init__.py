@@ -12,7 +12,10 @@ predictor that Serve and ``prae backtest`` share. No Ray import anywhere in here
     predictor.py    Predictor: load/builtin/save/predict
     checkpoint.py   the checkpoint file format (atomic save, validated load)
     calibration.py  ConformalCalibrator / CalibrationBank: online per-workload intervals
-    combination.py  MedianSelector: per workload, the model's median or the last value
+    combination.py  MedianSelector: per workload, the model's median, the last value and
+                    the seasonal candidates, weighted by their recent errors
+    seasonal.py     the seasonal candidates: one period (found by autocorrelation), a day
+                    and a week before the target
     tails.py        TailChoice: per workload, the model's tail or an anchor (the last
                     value; cpu's hour peak) plus the workload's own recent changes
                     (cpu, disk and net)

@@ -1,36 +1,42 @@
-"""Per-workload choice of the point forecast: the model's median, the last value, or the
-last value moved as the shadow moved.
+"""Per-workload choice of the point forecast: the model's median, the last value, the
+seasonal candidates, or the last value moved as the shadow moved.
 
 Why: the volume-weighted WAPE is dominated by a few busy workloads, and on some of them
 (a VM pinned at 6.9 cores for hours) the reactive last value is nearly exact while the
 model's median wobbles by a few % of the window's mean. Other workloads (bursty disk and
-network) are the other way round. So each workload, resource by resource, uses whichever
-candidate has had the smaller recent absolute error *on that workload*.
+network) are the other way round, and some repeat themselves (a backup every night, a
+burst every 87 minutes). So each workload, resource by resource, weighs the candidates by
+their recent absolute error *on that workload*.
 
-The rule, per (workload, resource) and candidate k (0 = model median, 1 = last value):
+The rule, per (workload, resource) and candidate k (0 = model median, 1 = last value,
+2-4 = ``prae.model.seasonal``'s periodic, daily and weekly):
 
     E_k = sum_j d**age_j * |y_j - f_k,j| / sum_j d**age_j,    d = 0.5 ** (1 / half_life)
 
 over the outcomes j already resolved (target time <= now), and the forecast issued now
-is candidate argmin_k E_k (ties and "no outcome yet" -> the model). Strictly causal: an
-outcome enters only when its target has been observed. Worked number: half-life 288
-outcomes (a day of 5-min steps); an error from a day ago weighs half of a new one, one
-from a week ago 1/128.
+is the candidates' mean weighted by exp(-SHARPNESS * (E_k / min E - 1)), over the
+candidates known now ("no outcome yet" -> the model). Strictly causal: an outcome enters
+only when its target has been observed. Worked number: half-life 288 outcomes (a day of
+5-min steps); an error from a day ago weighs half of a new one, one from a week ago 1/128.
+Until the seasonal candidates (2026-11-30) the forecast was the single best candidate
+(argmin E_k; ``sharpness=None`` still is); the weighted mean was better on every resource
+(``SHARPNESS``).
 
-A third candidate exists where a workload has a shadow: ``shadow_change``, the last value
-times the shadow's relative change between the progress the live run is at and the
-progress it will reach at the target (see ``shadow_change``). It is chosen the same way,
-only where it has been the best on *that* workload: a replayed trace's shadow follows the
-live curve closely; an ETL's 5 % shadow is dominated by start-up and is not followed.
-A fourth, ``shadow_level``: the shadow's value at the target's progress in live units
+Two more where a workload has a shadow. ``shadow_change``: the last value times the
+shadow's relative change between the progress the live run is at and the progress it
+will reach at the target (see ``shadow_change``). It is weighed the same way, so it counts
+only where it has been good on *that* workload: a replayed trace's shadow follows the live
+curve closely; an ETL's 5 % shadow is dominated by start-up and is not followed.
+And ``shadow_level``: the shadow's value at the target's progress in live units
 (times ``level_ratio``, the live run's sum over the shadow's at the same progress so far).
 Where the change is undefined -- a burst of disk writes from nothing, a replayed VM's
 network coming back from idle -- the level still says how much. Re-scoring the shadow
 ablation's cached runs of the time (``bench/shadow_ablation.py --reuse``) it took the
 phase-change error with a shadow from 0.515 to 0.501 (without a shadow 0.548); replay
 0.422 -> 0.380, the others within 0.003 (README: a fresh collection).
-Where a candidate is unknown (no shadow, no last value yet) the model's median stands in
-for it, when chosen and when scored, so it cannot win by being absent.
+Where a candidate is unknown (no shadow, no last value or season yet) the model's median
+stands in for it when scored, so it cannot win by being absent, and it has no weight in
+the forecast.
 
 Only the median is chosen this way, after calibration, and it is kept inside the
 calibrated [q0.1, q0.9] (``with_median``): the other quantiles and their coverage are
@@ -49,9 +55,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from prae.model.seasonal import SEASONAL
 from prae.resources import QUANTILES
 
-CANDIDATES: tuple[str, ...] = ("model", "last_value", "shadow_change", "shadow_level")
+CANDIDATES: tuple[str, ...] = ("model", "last_value", *SEASONAL, "shadow_change", "shadow_level")
+# How fast a candidate's weight falls with its error relative to the best's: at 20, one
+# 5 % worse weighs e**-1 of the best's, one 20 % worse e**-4. Chosen on 40 validation
+# Bitbrains VMs (prae/model/seasonal.py), median WAPE ratio to the last value with all
+# five candidates (cpu / mem / disk / net): the best alone (None) 0.809 / 0.707 / 0.833 /
+# 0.795; 5: 0.809 / 0.698 / 0.813 / 0.783; 20: 0.802 / 0.697 / 0.815 / 0.779; 50: 0.805 /
+# 0.702 / 0.824 / 0.787.
+SHARPNESS = 20.0
 # The shadow's relative change is trusted within these factors: a shadow that idles at
 # 0.01 cores before a phase of 1 core would otherwise multiply the live value by 100.
 SHADOW_CHANGE_BOUNDS: tuple[float, float] = (0.2, 5.0)
@@ -121,12 +135,17 @@ def point_candidates(
     shadow_now: np.ndarray | None = None,
     shadow_ahead: np.ndarray | None = None,
     ratio: np.ndarray | None = None,
+    *,
+    seasonal: np.ndarray | None = None,
 ) -> np.ndarray:
-    """The candidates in ``CANDIDATES`` order, stacked on a new last axis: (..., 2)
-    without a shadow, (..., 4) with one: ``shadow_change`` of ``last``, and
-    ``shadow_level``, the shadow ahead in live units (``shadow_ahead * ratio``, ratio from
-    ``level_ratio``; NaN without one). Shapes broadcast together."""
+    """The candidates in ``CANDIDATES`` order, stacked on a new last axis: (..., 5)
+    without a shadow, (..., 7) with one. ``seasonal`` (..., 3): the candidates of
+    ``prae.model.seasonal`` (NaN columns without it). With a shadow: ``shadow_change`` of
+    ``last``, and ``shadow_level``, the shadow ahead in live units (``shadow_ahead * ratio``,
+    ratio from ``level_ratio``; NaN without one). Shapes broadcast together."""
     cols = [np.asarray(model_median, dtype=np.float64), np.asarray(last, dtype=np.float64)]
+    seas = np.full((len(SEASONAL),), np.nan) if seasonal is None else np.asarray(seasonal, dtype=np.float64)
+    cols += [seas[..., j] for j in range(len(SEASONAL))]
     if shadow_now is not None and shadow_ahead is not None:
         cols.append(shadow_change(cols[1], shadow_now, shadow_ahead))
         r = np.nan if ratio is None else np.asarray(ratio, dtype=np.float64)
@@ -169,6 +188,7 @@ class MedianSelector:
         half_life: float = 288.0,
         n_candidates: int = 2,
         min_outcomes: int = MIN_OUTCOMES,
+        sharpness: float | None = SHARPNESS,
     ) -> None:
         if half_life <= 0:
             raise ValueError(f"half_life must be > 0 outcomes, got {half_life}")
@@ -176,7 +196,10 @@ class MedianSelector:
             raise ValueError(f"min_outcomes must be >= 0, got {min_outcomes}")
         if not 1 <= n_candidates <= len(CANDIDATES):
             raise ValueError(f"n_candidates must be 1..{len(CANDIDATES)}, got {n_candidates}")
+        if sharpness is not None and not sharpness > 0:
+            raise ValueError(f"sharpness must be > 0 (or None: the best candidate alone), got {sharpness}")
         self.names = CANDIDATES[:n_candidates]
+        self.sharpness = None if sharpness is None else float(sharpness)
         self.decay = 0.5 ** (1.0 / float(half_life))
         self.err = np.zeros((n_series, n_resources, n_candidates))
         self.min_outcomes = int(min_outcomes)
@@ -218,21 +241,48 @@ class MedianSelector:
         self.weight[idx] = np.where(ok, d * self.weight[idx] + 1.0, self.weight[idx])
         self.count[idx] += ok
 
+    def _mean_error(self, idx: np.ndarray) -> np.ndarray:
+        """(n, R, K): each candidate's decayed mean absolute error."""
+        return self.err[idx] / np.maximum(self.weight[idx], 1e-12)[..., None]
+
     def choice(self, idx: np.ndarray) -> np.ndarray:
-        """Index of the candidate to use now: shape (n, R) ints (0 = the model)."""
+        """Index of the candidate with the smallest recent error: shape (n, R) ints (0 =
+        the model; the model until ``min_outcomes``)."""
         idx = np.asarray(idx, dtype=np.int64)
-        mean = self.err[idx] / np.maximum(self.weight[idx], 1e-12)[..., None]
-        best = np.argmin(mean, axis=-1)  # argmin takes the first on ties: the model
+        best = np.argmin(self._mean_error(idx), axis=-1)  # argmin takes the first on ties: the model
         return np.where(self.count[idx] >= self.min_outcomes, best, 0)
 
-    def select(self, idx: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-        """candidates: shape (n, R, K) -> the chosen point forecast, shape (n, R).
+    def mix_weights(self, idx: np.ndarray, known: np.ndarray | None = None) -> np.ndarray:
+        """The weight of each candidate in the point forecast, shape (n, R, K), summing to 1:
+        ``exp(-sharpness * (E_k / E_best - 1))`` over the candidates ``known`` (n, R, K) now
+        (the model always), the model alone until ``min_outcomes``. Without a sharpness,
+        all of it on ``choice``'s candidate."""
+        idx = np.asarray(idx, dtype=np.int64)
+        mean = self._mean_error(idx)
+        if known is None:
+            known = np.ones(mean.shape, dtype=bool)
+        known = np.array(np.broadcast_to(known, mean.shape))
+        known[..., 0] = True
+        if self.sharpness is None:
+            k = np.argmin(np.where(known, mean, np.inf), axis=-1)
+            w = (np.arange(mean.shape[-1]) == k[..., None]).astype(np.float64)
+        else:
+            best = np.where(known, mean, np.inf).min(axis=-1, keepdims=True)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                rel = np.where(best > 0, mean / best, np.where(mean > 0, np.inf, 1.0))
+            w = np.where(known, np.exp(-self.sharpness * (rel - 1.0)), 0.0)
+            w /= w.sum(axis=-1, keepdims=True)
+        early = (self.count[idx] < self.min_outcomes)[..., None]
+        return np.where(early, np.arange(mean.shape[-1]) == 0, w)
 
-        A NaN candidate (no last value or shadow yet) is the model's.
-        """
-        c = self._filled(candidates)
-        k = self.choice(idx)
-        return np.take_along_axis(c, k[..., None], axis=-1)[..., 0]
+    def select(self, idx: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        """candidates: shape (n, R, K) -> the point forecast, shape (n, R): the candidates
+        weighted by ``mix_weights``. A NaN candidate (no last value, shadow or season yet) has
+        no weight."""
+        c = np.asarray(candidates, dtype=np.float64)
+        self._filled(c)  # checks the count
+        w = self.mix_weights(idx, ~np.isnan(c))
+        return (w * np.nan_to_num(c)).sum(axis=-1) if c.size else c[..., 0]
 
     def _filled(self, candidates: np.ndarray) -> np.ndarray:
         """Candidates (..., K) with every NaN replaced by the model's value (index 0)."""

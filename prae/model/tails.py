@@ -156,7 +156,9 @@ class TailSelector(MedianSelector):
         resources: tuple[str, ...] = TAIL_RESOURCES,
         min_outcomes: int = MIN_OUTCOMES,
     ) -> None:
-        super().__init__(n_series, n_resources, half_life, n_candidates=2, min_outcomes=min_outcomes)
+        super().__init__(
+            n_series, n_resources, half_life, n_candidates=2, min_outcomes=min_outcomes, sharpness=None
+        )
         self.names = ("model", "increments")
         self._tau = np.asarray(quantiles, dtype=np.float64)
         self._upper = self._tau >= TAIL_FROM
