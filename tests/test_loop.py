@@ -262,8 +262,9 @@ def test_profile_and_allocator_settings_reach_the_planner(tmp_path):
 def test_tracker_chooses_the_last_value_where_the_model_median_keeps_missing():
     """The live engine makes the backtest's per-workload median choice: on a flat series the
     last value is exact and a model median 30 % high is not; once outcomes have resolved,
-    the forecast's median is the last value (inside the calibrated interval), and the other
-    quantiles are untouched. Before any outcome, the model's median stands."""
+    the forecast's median is the last value, and the model's interval is moved onto it
+    before it is calibrated (here, where the last value is exact, narrowed). Before any
+    outcome, the model's median stands."""
     from prae.config import WorkloadSpec
     from prae.engine.tracker import PendingForecast, WorkloadTracker
 
@@ -272,20 +273,22 @@ def test_tracker_chooses_the_last_value_where_the_model_median_keeps_missing():
     raw = np.array([[0.5, 1.3, 2.0, 2.2, 2.5]] * 4)  # (R, Q): median 1.3, truth 1.0
     for t in range(25):  # 20 outcomes before anything but the model may be chosen
         tr.live.extend([TelemetrySample(ts=float(t), cpu=1.0, mem=1.0, disk=1.0, net=1.0)])
-        fc = tr.point_forecast(raw, raw.copy(), 1)
+        fc = tr.point_forecast(raw, 1)
         if t == 0:
             assert fc.quantiles[0, i50] == 1.3  # no outcome yet: the model
-        tr.add_forecast(PendingForecast(float(t), t + 1.0, fc.quantiles, raw, "model", "v", False, fc))
+        tr.add_forecast(PendingForecast(float(t), t + 1.0, fc.quantiles, "model", "v", False, fc))
         tr.resolve({})
-    cal = tr.point_forecast(raw, raw.copy(), 1).quantiles
+    cal = tr.point_forecast(raw, 1).quantiles
     assert cal[0, i50] == 1.0
-    # mem keeps the model's other quantiles; cpu, disk and net (the tail resources) take
-    # their levels >= q0.9 from their anchor plus this run's changes, all 0 here
+    # mem: the model's interval moved onto 1.0 (0.2 .. 2.2), narrowed by the calibration
+    # (every outcome was exactly 1.0); cpu, disk and net (the tail resources) take their
+    # levels >= q0.9 from their anchor plus this run's changes, all 0 here
     mem = RESOURCES.index("mem")
-    assert np.array_equal(np.delete(cal, i50, axis=1)[mem], np.delete(raw, i50, axis=1)[mem])
+    moved = raw[mem] - 0.3
+    assert moved[0] < cal[mem, 0] < 1.0 < cal[mem, 2] < moved[2] and cal[mem, -1] < moved[-1]
     upper = np.array(QUANTILES) >= 0.9
     for r in (RESOURCES.index("cpu"), RESOURCES.index("disk"), RESOURCES.index("net")):
-        assert cal[r, upper].tolist() == [1.0] * int(upper.sum()) and cal[r, 0] == raw[r, 0]
+        assert cal[r, upper].tolist() == [1.0] * int(upper.sum()) and moved[0] < cal[r, 0] < 1.0
 
 
 def test_tracker_measures_cpus_tail_from_the_peak_of_the_last_hour():
@@ -304,8 +307,8 @@ def test_tracker_measures_cpus_tail_from_the_peak_of_the_last_hour():
         v = 1.0 if t % 2 else 3.0
         tr.live.extend([TelemetrySample(ts=float(t), cpu=v, mem=1.0, disk=v, net=1.0)])
         tr.resolve({})
-        fc = tr.point_forecast(raw, raw.copy(), 1)
-        tr.add_forecast(PendingForecast(float(t), t + 1.0, fc.quantiles, raw, "model", "v", False, fc))
+        fc = tr.point_forecast(raw, 1)
+        tr.add_forecast(PendingForecast(float(t), t + 1.0, fc.quantiles, "model", "v", False, fc))
         if t >= 45:
             assert fc.anchor[cpu] == 3.0 and fc.anchor[disk] == v
             assert np.allclose(fc.quantiles[cpu, upper], 3.0), fc.quantiles[cpu]
@@ -350,7 +353,7 @@ def test_a_tracker_with_a_carried_choice_uses_the_last_value_from_the_start():
     tr = WorkloadTracker(WorkloadSpec(name="flat", kind="etl"), interval_s=1.0, carried=carried)
     tr.live.extend([TelemetrySample(ts=0.0, cpu=1.0, mem=1.0, disk=1.0, net=1.0)])
     raw = np.array([[0.5, 1.3, 2.0, 2.2, 2.5]] * 4)
-    cal, *_ = tr.point_forecast(raw, raw.copy(), 1)
+    cal, *_ = tr.point_forecast(raw, 1)
     assert cal[:, QUANTILES.index(0.5)].tolist() == [1.0] * 4
 
 
@@ -377,8 +380,8 @@ def test_tracker_follows_a_shadow_that_foreshadows_the_live_run():
         p = t / 100
         tr.live.extend([TelemetrySample(ts=1.0 + t, cpu=level(p), mem=1.0, disk=1.0, net=1.0, progress=p)])
         tr.resolve({})
-        fc = tr.point_forecast(raw, raw.copy(), lead)
-        tr.add_forecast(PendingForecast(1.0 + t, 1.0 + t + lead, fc.quantiles, raw, "model", "v", True, fc))
+        fc = tr.point_forecast(raw, lead)
+        tr.add_forecast(PendingForecast(1.0 + t, 1.0 + t + lead, fc.quantiles, "model", "v", True, fc))
         future = level((t + lead) / 100)
         if t >= 25 and future != level(p):  # a step change is coming; the last value misses it
             steps_before_change += 1
@@ -409,8 +412,8 @@ def test_tracker_forecasts_a_burst_from_nothing_with_the_shadow_level():
         p = t / 100
         tr.live.extend([TelemetrySample(ts=1.0 + t, cpu=1.0, mem=1.0, disk=burst(p), net=1.0, progress=p)])
         tr.resolve({})
-        fc = tr.point_forecast(raw, raw.copy(), lead)
-        tr.add_forecast(PendingForecast(1.0 + t, 1.0 + t + lead, fc.quantiles, raw, "model", "v", True, fc))
+        fc = tr.point_forecast(raw, lead)
+        tr.add_forecast(PendingForecast(1.0 + t, 1.0 + t + lead, fc.quantiles, "model", "v", True, fc))
         if t >= 45 and burst((t + lead) / 100) > 0 and burst(p) == 0:
             bursts_ahead += 1
             hits += bool(np.isclose(fc.quantiles[disk, i50], 2.0))
@@ -447,7 +450,7 @@ def test_trackers_sharing_one_learning_state_issue_and_learn_as_each_would_alone
         s = TelemetrySample(ts=0.01 * i, cpu=0.3 if 0.3 <= i / 100 < 0.5 else 0.1, mem=1.0, disk=1.0, net=1.0, progress=i / 100)
         shared[1].shadow.extend([s])
         alone[1].shadow.extend([s])
-    lead, slots = 2, np.arange(3)
+    lead = 2
     for t in range(80):
         level = rng.gamma(2.0, 1.0, (3, 4)) + np.array([[0.0], [1.0 if 30 <= t < 50 else 0.0], [0.0]])
         raw = np.sort(rng.gamma(2.0, 1.0, (3, 4, len(QUANTILES))), axis=-1)
@@ -466,15 +469,13 @@ def test_trackers_sharing_one_learning_state_issue_and_learn_as_each_would_alone
             if k not in skip:
                 for fc, y in tr.take_resolved({})[1]:
                     learn_outcomes(tr.state, [(0, fc, y)])
-        cal = state.calibration.adjust(slots, raw)
-        got = issue_forecasts(shared, raw, cal, lead)
+        got = issue_forecasts(shared, raw, lead)
         for k, tr in enumerate(alone):
-            cal_k = tr.state.calibration.adjust(np.zeros(1, np.int64), raw[k][None])[0]
-            want = tr.point_forecast(raw[k], cal_k, lead)
+            want = tr.point_forecast(raw[k], lead)
             for a, b in zip(got[k], want, strict=True):
                 np.testing.assert_array_equal(a, b)
             for trs, fc in ((shared, got[k]), (alone, want)):
-                trs[k].add_forecast(PendingForecast(1.0 + t, 1.0 + t + lead, fc.quantiles, raw[k], "model", "v", k == 1, fc))
+                trs[k].add_forecast(PendingForecast(1.0 + t, 1.0 + t + lead, fc.quantiles, "model", "v", k == 1, fc))
     for k, tr in enumerate(alone):
         mine, theirs = shared[k].choice_record(), tr.choice_record()
         np.testing.assert_array_equal(mine.err, theirs.err)

@@ -324,40 +324,17 @@ def test_shadow_level_worked_numbers() -> None:
     assert point_candidates(np.array([5.0]), np.array([4.0])).shape == (1, 5)  # no shadow
 
 
-def test_with_median_keeps_every_other_level() -> None:
-    from prae.model.combination import with_median
+def test_centre_on_moves_every_level_by_the_medians_change() -> None:
+    """The model's quantiles are moved onto the chosen median, their spread kept; a NaN
+    median keeps them; below 0 is left to the calibration (which clips)."""
+    from prae.model.combination import centre_on
 
     q = np.array([[1.0, 2.0, 3.0, 4.0, 5.0]] * 4)
-    out = with_median(q, np.array([2.5, 9.0, 0.2, np.nan]))
-    np.testing.assert_allclose(out[:, 1], [2.5, 3.0, 1.0, 2.0])  # clipped into [q0.1, q0.9]
-    np.testing.assert_array_equal(np.delete(out, 1, axis=1), np.delete(q, 1, axis=1))
-    assert (np.diff(out, axis=-1) >= 0).all()
-
-
-def test_level_weights_worked_number_and_weighted_fit() -> None:
-    from prae.model.training import level_weights
-
-    scale = torch.tensor([[1.0], [1.0], [10.0], [5.0]])
-    present = torch.tensor([[True], [True], [True], [False]])
-    w = level_weights(scale, present, power=1.0)
-    np.testing.assert_allclose(w[:, 0].numpy(), [0.25, 0.25, 2.5, 0.0], rtol=1e-6)
-    w = concat_windows(
-        [
-            windows_from_series(make_series(seed=s, level=4.0**s), None, 16, 4, stride=2)
-            for s in range(3)
-        ]
+    out = centre_on(q, np.array([2.5, 9.0, 0.2, np.nan]))
+    np.testing.assert_allclose(
+        out,
+        [[1.5, 2.5, 3.5, 4.5, 5.5], [8.0, 9.0, 10.0, 11.0, 12.0], [-0.8, 0.2, 1.2, 2.2, 3.2], [1.0, 2.0, 3.0, 4.0, 5.0]],
     )
-    runs = []
-    for power in (0.0, 1.0, 1.0):
-        p = Predictor.create(TINY, seed=0)
-        fit(p, w, epochs=1, seed=0, batch_size=64, level_power=power)
-        runs.append(p.version)
-    assert runs[1] == runs[2] != runs[0]  # deterministic, and the weighting matters
-    # unsaid, a fine-tune keeps the weighting the checkpoint was trained with
-    p = Predictor.create(TINY, seed=0)
-    p.metadata["level_power"] = 1.0
-    fit(p, w, epochs=1, seed=0, batch_size=64)
-    assert p.version == runs[1]
 
 
 def test_dominant_period_finds_a_bursty_cycle_and_nothing_in_a_flat_or_gappy_window() -> None:

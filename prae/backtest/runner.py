@@ -7,10 +7,10 @@ policy sees the forecasts issued at t. ``run_backtest`` is a list of named, time
 
     align       put all series on one grid (they share a step; starts may differ)
     forecast    block by block: retrain on the past, then batched inference for the block
-    calibrate   online conformal adjustment, step by step, vectorised over series
     point       per series, the median is the model's, the last value's and the seasonal
                 candidates' (prae.model.seasonal), weighted by their recent resolved
-                errors (prae.model.combination)
+                errors (prae.model.combination); the model's quantiles are moved onto it
+    calibrate   online conformal adjustment, step by step, vectorised over series
     tail        per series, cpu, disk and net take the levels >= q0.9 from an anchor (the
                 last value; cpu's peak of the last hour) plus the series' own recent
                 changes from it, where that tail has had the smaller recent pinball loss
@@ -34,7 +34,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from prae.backtest.baselines import all_baselines, last_value, window_max
 from prae.model.calibration import CalibrationBank
-from prae.model.combination import MedianSelector, point_candidates, with_median
+from prae.model.combination import MedianSelector, centre_on, point_candidates
 from prae.model.predictor import Predictor
 from prae.model.promotion import Comparison, PromotionRule, compare, judge
 from prae.model.seasonal import SEASONAL, seasonal_track
@@ -423,16 +423,18 @@ def run_backtest(series: list[Series], predictor: Predictor, cfg: BacktestConfig
     # of which retraining (the rest is batched inference)
     timings["retrain"] = round(sum(log.get("seconds", 0.0) for log in logs), 3)
 
+    # before calibration: the model's quantiles are moved onto the chosen median, and the
+    # calibration adjusts (and learns from) those, so the interval follows the median
     t0 = time.perf_counter()
-    cal = calibrate(grid, raw, cfg, lead)
-    timed("calibrate", t0)
-
-    # after calibration, which keeps learning from the model's own quantiles; the chosen
-    # median stays inside the calibrated [q0.1, q0.9], so coverage does not move
-    t0 = time.perf_counter()
+    centred = raw
     if cfg.median_half_life is not None:
-        cal = with_median(cal, choose_median(grid, raw, cfg, lead))
+        centred = centre_on(raw, choose_median(grid, raw, cfg, lead))
     timed("point", t0)
+
+    t0 = time.perf_counter()
+    cal = calibrate(grid, centred, cfg, lead)
+    del centred
+    timed("calibrate", t0)
 
     # after the median, so tail levels under a chosen median are raised to it
     t0 = time.perf_counter()

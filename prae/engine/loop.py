@@ -279,8 +279,10 @@ class EngineLoop:
         lead_s = (h + 1) * run.interval_s
         raw_steps = np.asarray(batch.quantiles[:, : h + 1], dtype=float)  # (n, h+1, R, Q)
         slots = np.array([tr.slot for tr in running], dtype=np.int64)
+        # the steps before the lead (their peaks are held too, _budget_amounts) as the model
+        # said them, calibrated; the lead's step is issued with its chosen median
         all_steps = self.learning.calibration.adjust(slots, raw_steps)
-        chosen = issue_forecasts(running, raw_steps[:, h], all_steps[:, h], h + 1)
+        chosen = issue_forecasts(running, raw_steps[:, h], h + 1)
         issued = []
         for i, tr in enumerate(running):
             fc = chosen[i]
@@ -288,8 +290,7 @@ class EngineLoop:
             issued_at = tr.live.ts[-1]
             tr.add_forecast(
                 PendingForecast(
-                    issued_at, issued_at + lead_s, fc.quantiles, raw_steps[i, h], batch.source, batch.version,
-                    windows[i][2], fc,
+                    issued_at, issued_at + lead_s, fc.quantiles, batch.source, batch.version, windows[i][2], fc
                 )
             )
             issued.append(issued_at)

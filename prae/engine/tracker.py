@@ -27,10 +27,10 @@ from prae.model.combination import (
     CANDIDATES,
     ChoiceRecord,
     MedianSelector,
+    centre_on,
     level_sums,
     point_candidates,
     ratio_of,
-    with_median,
 )
 from prae.model.seasonal import SeasonalNow
 from prae.model.tails import ANCHOR_PEAK_S, TailChoice, tail_anchor
@@ -147,14 +147,17 @@ class Series:
 class IssuedForecast(NamedTuple):
     """What ``issue_forecasts`` issues: the quantiles (R, Q) to act on, and what to score
     when the target comes: the point candidates (R, K), the tails (R, 2, Q), the anchor
-    (R,) the increments' tail was measured from, and the calibration's own quantiles (R, Q)
-    before either choice (its coverage and adaptive levels count those, as the backtest's)."""
+    (R,) the increments' tail was measured from, the calibration's own quantiles (R, Q)
+    before the tail's choice (its coverage and adaptive levels count those, as the
+    backtest's), and what it calibrated: the model's quantiles moved onto the chosen median
+    (R, Q), which it learns from."""
 
     quantiles: np.ndarray
     candidates: np.ndarray
     tails: np.ndarray
     anchor: np.ndarray
     calibrated: np.ndarray
+    centred: np.ndarray
 
 
 class LearningState:
@@ -190,7 +193,6 @@ class PendingForecast:
     issued_at: float
     target_ts: float
     quantiles: np.ndarray  # (R, Q) calibrated, raw units
-    raw: np.ndarray  # (R, Q) as the model said it, for the calibrator
     source: str
     model_version: str
     shadow_used: bool
@@ -348,9 +350,9 @@ class WorkloadTracker:
         self.pending.append(fc)
         self.last_issued_at = fc.issued_at
 
-    def point_forecast(self, raw: np.ndarray, calibrated: np.ndarray, lead_steps: int) -> IssuedForecast:
-        """``issue_forecasts`` for this workload alone: raw, calibrated (R, Q)."""
-        return issue_forecasts([self], np.asarray(raw)[None], np.asarray(calibrated)[None], lead_steps)[0]
+    def point_forecast(self, raw: np.ndarray, lead_steps: int) -> IssuedForecast:
+        """``issue_forecasts`` for this workload alone: raw (R, Q) the model's."""
+        return issue_forecasts([self], np.asarray(raw)[None], lead_steps)[0]
 
     def point_inputs(self, raw_median: np.ndarray, lead_steps: int) -> tuple[np.ndarray, np.ndarray]:
         """What the choices need from this workload's history for a forecast ``lead_steps``
@@ -423,27 +425,29 @@ def _shared_state(trackers: Sequence[WorkloadTracker]) -> LearningState:
     return state
 
 
-def issue_forecasts(
-    trackers: Sequence[WorkloadTracker], raw: np.ndarray, calibrated: np.ndarray, lead_steps: int
-) -> list[IssuedForecast]:
+def issue_forecasts(trackers: Sequence[WorkloadTracker], raw: np.ndarray, lead_steps: int) -> list[IssuedForecast]:
     """The forecasts ``lead_steps`` ahead of workloads that share one ``LearningState``,
-    in one call of each choice: raw (n, R, Q) the model's; calibrated (n, R, Q) the
-    calibration's. Each one's median is replaced by the chosen candidate (kept inside
-    [q0.1, q0.9]), then its tail chosen (``TailChoice``). The tail comes after the median:
-    levels under a median the shadow foresaw are raised to it."""
+    in one call of each choice and of the calibration, as the backtest issues them: raw
+    (n, R, Q) the model's. Each one's median is chosen from the candidates, the model's
+    quantiles are moved onto it (``centre_on``) and calibrated, then its tail is chosen
+    (``TailChoice``). The tail comes after the median: levels under a median the shadow
+    foresaw are raised to it."""
     if not trackers:
         return []
     state = _shared_state(trackers)
     slots = np.array([t.slot for t in trackers], dtype=np.int64)
     raw = np.asarray(raw, dtype=np.float64)
-    calibrated = np.array(calibrated, dtype=np.float64)  # a copy: the issued record keeps it
     i50 = QUANTILES.index(0.5)
     inputs = [t.point_inputs(raw[i, :, i50], lead_steps) for i, t in enumerate(trackers)]
     cand = np.stack([c for c, _ in inputs])
     anchor = np.stack([a for _, a in inputs])
-    chosen = state.median.select(slots, cand)
-    quantiles, tails = state.tails.issue(slots, with_median(calibrated, chosen), anchor)
-    return [IssuedForecast(quantiles[i], cand[i], tails[i], anchor[i], calibrated[i]) for i in range(len(trackers))]
+    centred = centre_on(raw, state.median.select(slots, cand))
+    calibrated = state.calibration.adjust(slots, centred)
+    quantiles, tails = state.tails.issue(slots, calibrated, anchor)
+    return [
+        IssuedForecast(quantiles[i], cand[i], tails[i], anchor[i], calibrated[i], centred[i])
+        for i in range(len(trackers))
+    ]
 
 
 def learn_outcomes(state: LearningState, outcomes: Sequence[tuple[int, PendingForecast, np.ndarray]]) -> None:
@@ -460,9 +464,9 @@ def learn_outcomes(state: LearningState, outcomes: Sequence[tuple[int, PendingFo
         rounds[k].append((slot, fc, y))
     for items in rounds:
         idx = np.array([slot for slot, _, _ in items], dtype=np.int64)
-        raw = np.stack([np.asarray(fc.raw, dtype=np.float64) for _, fc, _ in items])
         y = np.stack([y for _, _, y in items])
         issued = [fc.issued for _, fc, _ in items]
+        raw = np.stack([i.centred for i in issued])
         state.calibration.update(idx, raw, y, issued=np.stack([i.calibrated for i in issued]))
         state.median.update(idx, np.stack([i.candidates for i in issued]), y)
         state.tails.learn(idx, np.stack([i.tails for i in issued]), np.stack([i.anchor for i in issued]), y)

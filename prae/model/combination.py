@@ -38,10 +38,10 @@ Where a candidate is unknown (no shadow, no last value or season yet) the model'
 stands in for it when scored, so it cannot win by being absent, and it has no weight in
 the forecast.
 
-Only the median is chosen this way, after calibration, and it is kept inside the
-calibrated [q0.1, q0.9] (``with_median``): the other quantiles and their coverage are
-exactly the calibration's. ``MedianSelector`` holds
-many workloads as arrays, like ``CalibrationBank``.
+Only the median is chosen this way, before calibration: the model's quantiles are moved
+onto it (``centre_on``), and the calibration adjusts and learns from those, so the
+interval's coverage is the calibration's. ``MedianSelector`` holds many workloads as
+arrays, like ``CalibrationBank``.
 
 On 25 training Bitbrains VMs (backtest, lead 900 s) the choice cut CPU's median WAPE
 from 1.29x to 0.98x the last value's; half-lives of 3..48 steps and adding the mean /
@@ -294,22 +294,23 @@ class MedianSelector:
         return np.where(np.isnan(c), c[..., :1], c)
 
 
-def with_median(
-    q: np.ndarray, median: np.ndarray, quantiles: tuple[float, ...] = QUANTILES
-) -> np.ndarray:
-    """Quantiles with the median replaced by ``median`` clipped into the interval between
-    its neighbouring levels (q0.1 and q0.9), so every other level -- and its calibrated
-    coverage -- stays as it was: the last value is trusted only where the model finds it
-    plausible. (Raising q0.9 to a last value above it instead pushed q0.9 coverage of
-    held-out network traffic from 91.9 % to 92.0 %, out of the 88-92 % goal.)
+def centre_on(q: np.ndarray, median: np.ndarray, quantiles: tuple[float, ...] = QUANTILES) -> np.ndarray:
+    """The model's quantiles moved, all by the same amount, so that their median is the
+    chosen ``median``: what the calibration then adjusts (and learns from), so the interval
+    follows the point forecast and its coverage is the calibration's again.
 
-    q: shape (..., Q) non-decreasing; median: shape (...) (NaN = keep q's own).
-    Returns shape (..., Q), non-decreasing.
+    Why: the chosen median used to be clipped into the calibrated [q0.1, q0.9] of the
+    model's own quantiles, so where a seasonal candidate or the last value was right and
+    the model was not, the interval stayed on the model's guess and the median could not
+    leave it. Centred before calibration, on the 100 held-out Bitbrains VMs (lead 900 s):
+    median WAPE ratio 0.920 / 0.785 / 0.763 / 0.738 -> 0.908 / 0.782 / 0.705 / 0.689 (cpu /
+    mem / disk / net), slack at 1 % 0.687 / 0.821 / 0.718 / 0.718 -> 0.645 / 0.797 / 0.695 /
+    0.671, q0.9 coverage within 0.005 of before; the same direction on 40 validation VMs.
+
+    q: shape (..., Q) non-decreasing; median: shape (...) (NaN = keep q as it is).
+    Returns shape (..., Q), non-decreasing, possibly below 0 (the calibration clips at 0).
     """
     i50 = list(quantiles).index(0.5)
-    out = np.array(q, copy=True)
-    med = np.where(np.isnan(median), out[..., i50], median)
-    lo = out[..., i50 - 1] if i50 > 0 else med
-    hi = out[..., i50 + 1] if i50 + 1 < out.shape[-1] else med
-    out[..., i50] = np.clip(med, lo, hi)
-    return out
+    q = np.asarray(q, dtype=np.float64)
+    shift = np.asarray(median, dtype=np.float64) - q[..., i50]
+    return q + np.where(np.isnan(shift), 0.0, shift)[..., None]
