@@ -280,8 +280,9 @@ class EngineLoop:
         raw_steps = np.asarray(batch.quantiles[:, : h + 1], dtype=float)  # (n, h+1, R, Q)
         slots = np.array([tr.slot for tr in running], dtype=np.int64)
         # the steps before the lead (their peaks are held too, _budget_amounts) as the model
-        # said them, calibrated; the lead's step is issued with its chosen median
-        all_steps = self.learning.calibration.adjust(slots, raw_steps)
+        # said them, calibrated; the lead's step is issued with its chosen median, below
+        all_steps = np.empty_like(raw_steps)
+        all_steps[:, :h] = self.learning.calibration.adjust(slots, raw_steps[:, :h])
         chosen = issue_forecasts(running, raw_steps[:, h], h + 1)
         issued = []
         for i, tr in enumerate(running):

@@ -245,52 +245,59 @@ class MedianSelector:
         """(n, R, K): each candidate's decayed mean absolute error."""
         return self.err[idx] / np.maximum(self.weight[idx], 1e-12)[..., None]
 
-    def choice(self, idx: np.ndarray) -> np.ndarray:
-        """Index of the candidate with the smallest recent error: shape (n, R) ints (0 =
-        the model; the model until ``min_outcomes``)."""
+    def choice(self, idx: np.ndarray, known: np.ndarray | None = None) -> np.ndarray:
+        """Index of the candidate with the smallest recent error among those ``known``
+        (n, R, K) now (default all; the model always): shape (n, R) ints (0 = the model;
+        the model until ``min_outcomes``)."""
         idx = np.asarray(idx, dtype=np.int64)
-        best = np.argmin(self._mean_error(idx), axis=-1)  # argmin takes the first on ties: the model
+        mean = np.where(self._known(known, idx), self._mean_error(idx), np.inf)
+        best = np.argmin(mean, axis=-1)  # argmin takes the first on ties: the model
         return np.where(self.count[idx] >= self.min_outcomes, best, 0)
 
     def mix_weights(self, idx: np.ndarray, known: np.ndarray | None = None) -> np.ndarray:
         """The weight of each candidate in the point forecast, shape (n, R, K), summing to 1:
         ``exp(-sharpness * (E_k / E_best - 1))`` over the candidates ``known`` (n, R, K) now
-        (the model always), the model alone until ``min_outcomes``. Without a sharpness,
-        all of it on ``choice``'s candidate."""
+        (default all; the model always), the model alone until ``min_outcomes``. Without a
+        sharpness, all of it on ``choice``'s candidate."""
         idx = np.asarray(idx, dtype=np.int64)
-        mean = self._mean_error(idx)
-        if known is None:
-            known = np.ones(mean.shape, dtype=bool)
-        known = np.array(np.broadcast_to(known, mean.shape))
-        known[..., 0] = True
+        k_n = self.err.shape[-1]
         if self.sharpness is None:
-            k = np.argmin(np.where(known, mean, np.inf), axis=-1)
-            w = (np.arange(mean.shape[-1]) == k[..., None]).astype(np.float64)
-        else:
-            best = np.where(known, mean, np.inf).min(axis=-1, keepdims=True)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                rel = np.where(best > 0, mean / best, np.where(mean > 0, np.inf, 1.0))
-            w = np.where(known, np.exp(-self.sharpness * (rel - 1.0)), 0.0)
-            w /= w.sum(axis=-1, keepdims=True)
+            return (np.arange(k_n) == self.choice(idx, known)[..., None]).astype(np.float64)
+        known = self._known(known, idx)
+        mean = self._mean_error(idx)
+        best = np.where(known, mean, np.inf).min(axis=-1, keepdims=True)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel = np.where(best > 0, mean / best, np.where(mean > 0, np.inf, 1.0))
+        w = np.where(known, np.exp(-self.sharpness * (rel - 1.0)), 0.0)
+        w /= w.sum(axis=-1, keepdims=True)
         early = (self.count[idx] < self.min_outcomes)[..., None]
-        return np.where(early, np.arange(mean.shape[-1]) == 0, w)
+        return np.where(early, np.arange(k_n) == 0, w)
 
     def select(self, idx: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         """candidates: shape (n, R, K) -> the point forecast, shape (n, R): the candidates
         weighted by ``mix_weights``. A NaN candidate (no last value, shadow or season yet) has
         no weight."""
-        c = np.asarray(candidates, dtype=np.float64)
-        self._filled(c)  # checks the count
-        w = self.mix_weights(idx, ~np.isnan(c))
-        return (w * np.nan_to_num(c)).sum(axis=-1) if c.size else c[..., 0]
+        c = self._checked(candidates)
+        return (self.mix_weights(idx, ~np.isnan(c)) * np.nan_to_num(c)).sum(axis=-1)
 
-    def _filled(self, candidates: np.ndarray) -> np.ndarray:
-        """Candidates (..., K) with every NaN replaced by the model's value (index 0)."""
+    def _known(self, known: np.ndarray | None, idx: np.ndarray) -> np.ndarray:
+        """(n, R, K) bool: ``known`` with the model always in; all where None."""
+        shape = (len(idx), *self.err.shape[1:])
+        out = np.ones(shape, dtype=bool) if known is None else np.array(np.broadcast_to(known, shape))
+        out[..., 0] = True
+        return out
+
+    def _checked(self, candidates: np.ndarray) -> np.ndarray:
         c = np.asarray(candidates, dtype=np.float64)
         if c.shape[-1] != self.err.shape[-1]:
             raise ValueError(
                 f"expected {self.err.shape[-1]} candidates {self.names}, got {c.shape[-1]}"
             )
+        return c
+
+    def _filled(self, candidates: np.ndarray) -> np.ndarray:
+        """Candidates (..., K) with every NaN replaced by the model's value (index 0)."""
+        c = self._checked(candidates)
         return np.where(np.isnan(c), c[..., :1], c)
 
 

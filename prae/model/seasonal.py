@@ -28,7 +28,7 @@ periodic candidate only and the best candidate alone (this one: 0.920 / 0.794 / 
 five, 0.917 / 0.793 / 0.818 / 0.762; a 288-step history, 0.925 / 0.798 / 0.849 / 0.767.
 
 The backtest computes all steps at once (``seasonal_track``); the live engine one step at a
-time (``seasonal_now``). Both estimate the period of row t from the window ending at row
+time (``SeasonalNow``). Both estimate the period of row t from the window ending at row
 ``t - t % PERIODIC_REFRESH``, counted from the series' first row, so they agree row for row.
 """
 
@@ -42,8 +42,7 @@ PERIODIC_HISTORY = 1152  # steps of autocorrelation (4 days of 5-min steps)
 PERIODIC_MAX_LAG = 288  # the longest period looked for (a day of 5-min steps)
 PERIODIC_REFRESH = 12  # steps between estimates (an hour of 5-min steps)
 MAX_MISSING = 0.2  # a window missing more than this share of its steps gives no period
-REPEATS: dict[str, int] = {"periodic": 3, "daily": 3, "weekly": 2}
-_REPEATS = np.array([REPEATS[name] for name in SEASONAL])
+REPEATS = np.array([3, 3, 2])  # values looked back at, per candidate of SEASONAL
 CALENDAR_S: dict[str, float] = {"daily": 86400.0, "weekly": 7 * 86400.0}
 
 
@@ -112,6 +111,25 @@ def _repeat(x: np.ndarray, rows: np.ndarray, lead: int, period: np.ndarray, repe
     return _median_known(vals)
 
 
+def _with_calendar(periodic: np.ndarray, step_s: float, lead: int) -> np.ndarray:
+    """(3, ...) the periods of the ``SEASONAL`` candidates: ``periodic``'s, then the day's
+    and the week's in steps (0 where they are not a whole number of steps)."""
+    periods = np.zeros((len(SEASONAL), *np.shape(periodic)), dtype=np.int64)
+    periods[0] = periodic
+    for name, steps in calendar_periods(step_s, lead).items():
+        periods[SEASONAL.index(name)] = steps
+    return periods
+
+
+def period_rows(rows: np.ndarray) -> np.ndarray:
+    """The row (counted from the series' first, 0-based) whose window sets the period of
+    each of ``rows``: the last multiple of ``PERIODIC_REFRESH`` at or before it, if a
+    whole window of ``PERIODIC_HISTORY`` ends there; -1 before that."""
+    rows = np.asarray(rows, dtype=np.int64)
+    end = rows - rows % PERIODIC_REFRESH
+    return np.where((rows >= 0) & (end >= PERIODIC_HISTORY - 1), end, -1)
+
+
 def seasonal_track(y: np.ndarray, lead: int, step_s: float) -> np.ndarray:
     """The candidates of every row of one series: y (T, R) on a regular grid of ``step_s``,
     row 0 its first. Returns (T, R, 3) in ``SEASONAL`` order: the forecasts issued at each
@@ -119,27 +137,13 @@ def seasonal_track(y: np.ndarray, lead: int, step_s: float) -> np.ndarray:
     y = np.asarray(y, dtype=np.float64)
     t_n, r_n = y.shape
     rows = np.arange(t_n)
+    ends = period_rows(rows)
     period = np.zeros((t_n, r_n), dtype=np.int64)
-    first = -(-(PERIODIC_HISTORY - 1) // PERIODIC_REFRESH) * PERIODIC_REFRESH
-    ends = np.arange(first, t_n, PERIODIC_REFRESH)  # the rows that end a window (period_row)
-    if ends.size:
-        win = sliding_window_view(y, PERIODIC_HISTORY, axis=0)[ends - PERIODIC_HISTORY + 1]  # (E, R, W)
-        p = dominant_periods(win, lead + 1)
-        for j, e in enumerate(ends):
-            period[e : e + PERIODIC_REFRESH] = p[j]
-    periods = np.zeros((len(SEASONAL), t_n, r_n), dtype=np.int64)
-    periods[0] = period
-    for name, steps in calendar_periods(step_s, lead).items():
-        periods[SEASONAL.index(name)] = steps
-    return np.moveaxis(_repeat(y, rows, lead, periods, _REPEATS), 0, -1)
-
-
-def period_row(total: int) -> int:
-    """The row (counted from the series' first, 0-based) whose window sets the period of
-    the series' newest row when it has ``total`` rows; -1 before the first window."""
-    last = total - 1
-    end = last - last % PERIODIC_REFRESH
-    return end if last >= 0 and end >= PERIODIC_HISTORY - 1 else -1
+    windows, which = np.unique(ends[ends >= 0], return_inverse=True)
+    if windows.size:
+        win = sliding_window_view(y, PERIODIC_HISTORY, axis=0)[windows - PERIODIC_HISTORY + 1]  # (E, R, W)
+        period[ends >= 0] = dominant_periods(win, lead + 1)[which]
+    return np.moveaxis(_repeat(y, rows, lead, _with_calendar(period, step_s, lead), REPEATS), 0, -1)
 
 
 class SeasonalNow:
@@ -155,7 +159,7 @@ class SeasonalNow:
         last being the newest. Returns (R, 3): the candidates issued now for ``lead`` rows on."""
         values = np.asarray(values, dtype=np.float64)
         n, r_n = values.shape
-        row = period_row(total)
+        row = int(period_rows(np.int64(total - 1)))
         if row != self._row:
             self._row = row
             back = total - 1 - row  # rows after the window's end
@@ -165,12 +169,9 @@ class SeasonalNow:
                 if row >= 0 and start >= 0
                 else np.zeros(r_n, dtype=np.int64)
             )
-        periods = np.zeros((len(SEASONAL), 1, r_n), dtype=np.int64)
-        periods[0, 0] = self._period
-        for name, steps in calendar_periods(step_s, lead).items():
-            periods[SEASONAL.index(name)] = steps
+        periods = _with_calendar(self._period[None], step_s, lead)  # (3, 1, R)
         if not ((periods > lead) & (periods <= n - 1 + lead)).any():
             # nothing reaches back one period (a young workload; a day at 1-s steps): the
             # gather costs ~70 us, a tick's worth at 1000 workloads
             return np.full((r_n, len(SEASONAL)), np.nan)
-        return _repeat(values, np.array([n - 1]), lead, periods, _REPEATS)[:, 0].T
+        return _repeat(values, np.array([n - 1]), lead, periods, REPEATS)[:, 0].T

@@ -173,8 +173,8 @@ class TailSelector(MedianSelector):
         loss = pinball(y, c[..., self._upper], self._tau[self._upper]).sum(axis=-1)  # (n, R, 2)
         self._record(np.asarray(idx, dtype=np.int64), loss, np.asarray(actual, dtype=np.float64))
 
-    def choice(self, idx: np.ndarray) -> np.ndarray:
-        return np.where(self._allowed, super().choice(idx), 0)
+    def choice(self, idx: np.ndarray, known: np.ndarray | None = None) -> np.ndarray:
+        return np.where(self._allowed, super().choice(idx, known), 0)
 
     def select(self, idx: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         """candidates: shape (n, R, 2, Q) -> the quantiles (n, R, Q): levels >= ``TAIL_FROM``
