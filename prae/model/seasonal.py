@@ -49,10 +49,11 @@ CALENDAR_S: dict[str, float] = {"daily": 86400.0, "weekly": 7 * 86400.0}
 def dominant_periods(windows: np.ndarray, min_lag: int, max_lag: int = PERIODIC_MAX_LAG) -> np.ndarray:
     """The lag in [min_lag, max_lag] with the highest autocorrelation of each window.
 
-    windows: shape (..., W), oldest first, NaN = missing. Returns ints of shape (...):
-    0 where the window misses more than ``MAX_MISSING`` of its steps, is constant, or is
-    shorter than ``2 * max_lag``. The autocorrelation at lag k is normalised by the W - k
-    pairs it sums over, so long lags are not penalised for having fewer.
+    windows: shape (..., W), oldest first, NaN = missing. The lags stop at W // 2. Returns
+    ints of shape (...): 0 where the window misses more than ``MAX_MISSING`` of its steps,
+    is constant, or is too short for a lag of ``min_lag``. The autocorrelation at lag k is
+    normalised by the W - k pairs it sums over, so long lags are not penalised for having
+    fewer.
     """
     w = np.asarray(windows, dtype=np.float64)
     n = w.shape[-1]
@@ -93,7 +94,7 @@ def _median_known(vals: np.ndarray) -> np.ndarray:
     flat = vals.reshape(vals.shape[0], -1)
     cols = np.arange(flat.shape[1])
     lo = flat[np.maximum(known.ravel() - 1, 0) // 2, cols]
-    hi = flat[known.ravel() // 2 if vals.shape[0] > 1 else 0, cols]
+    hi = flat[known.ravel() // 2, cols]
     mid = np.where(known.ravel() > 1, (lo + hi) / 2, lo).reshape(known.shape)
     return np.where(known > 0, mid, np.nan)
 
