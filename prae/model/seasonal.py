@@ -34,6 +34,8 @@ time (``SeasonalNow``). Both estimate the period of row t from the window ending
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
@@ -77,12 +79,18 @@ def dominant_periods(windows: np.ndarray, min_lag: int, max_lag: int = PERIODIC_
 def calendar_periods(step_s: float, lead: int) -> dict[str, int]:
     """``daily`` and ``weekly`` in steps of ``step_s``, where a whole number of steps longer
     than the lead makes them: 288 and 2016 at 5-min steps."""
-    out = {}
+    return dict(_calendar_items(float(step_s), int(lead)))
+
+
+@functools.lru_cache(maxsize=64)
+def _calendar_items(step_s: float, lead: int) -> tuple[tuple[str, int], ...]:
+    # cached: the engine asks once per workload and tick, always with the same few pairs
+    out = []
     for name, seconds in CALENDAR_S.items():
         steps = seconds / step_s
         if abs(steps - round(steps)) < 1e-6 and round(steps) > lead:
-            out[name] = int(round(steps))
-    return out
+            out.append((name, int(round(steps))))
+    return tuple(out)
 
 
 def _median_known(vals: np.ndarray) -> np.ndarray:
@@ -117,7 +125,7 @@ def _with_calendar(periodic: np.ndarray, step_s: float, lead: int) -> np.ndarray
     and the week's in steps (0 where they are not a whole number of steps)."""
     periods = np.zeros((len(SEASONAL), *np.shape(periodic)), dtype=np.int64)
     periods[0] = periodic
-    for name, steps in calendar_periods(step_s, lead).items():
+    for name, steps in _calendar_items(float(step_s), int(lead)):
         periods[SEASONAL.index(name)] = steps
     return periods
 
