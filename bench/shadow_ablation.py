@@ -68,7 +68,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from prae.config import ShadowSpec, WorkloadSpec  # noqa: E402
 from prae.model.combination import CANDIDATES, MedianSelector, level_ratio, point_candidates  # noqa: E402
-from prae.model.seasonal import seasonal_track  # noqa: E402
+from prae.model.history import history_track  # noqa: E402
 from prae.telemetry.alignment import align_shadow_by_progress  # noqa: E402
 from prae.workloads import forkserver  # noqa: E402
 from prae.workloads.curve import SAMPLE_INTERVAL_ENV  # noqa: E402
@@ -313,26 +313,27 @@ def chosen_points(
     half_life: float,
     selectors: list[MedianSelector] | None = None,
 ) -> np.ndarray:
-    """The engine's point forecast (N, H, R): per horizon, ``MedianSelector`` picks the
-    model's median, the last value or (with a shadow) ``shadow_change`` or ``shadow_level``, by the errors of
-    this run's forecasts resolved so far (steps are consecutive: the forecast issued at
+    """The engine's point forecast (N, H, R): per horizon, ``MedianSelector`` weighs the
+    model's median, the last value, the run's own history's candidates (``history_track``)
+    and (with a shadow) ``shadow_change`` and ``shadow_level``, by the errors of this run's
+    forecasts resolved so far (steps are consecutive: the forecast issued at
     ``steps[i - k]`` for horizon k resolves at ``steps[i]``). ``selectors`` (one per
     horizon, from ``carried_choice``): what the workload's previous run taught them, as the
     engine carries it from run to run; they go on learning here."""
     y = np.array(run.live, dtype=float)
     last = np.broadcast_to(y[steps][:, None, :], q50.shape)  # (N, H, R)
     # as the engine's tracker: the samples are the steps (runs shorter than the periodic
-    # candidate's history get none)
+    # candidate's history get none of the seasonal ones; the analog needs ~40 samples)
     step_s = float(np.median(np.diff(run.live_ts))) if len(run.live_ts) > 1 else 1.0
-    seasonal = np.stack([seasonal_track(y, k, step_s)[steps] for k in range(1, h + 1)], axis=1)
+    history = np.stack([history_track(y, k, step_s)[steps] for k in range(1, h + 1)], axis=1)
     if with_shadow:
         now_all = aligned_shadow(run, 0)
         now = now_all[steps][:, None, :]
         ahead = np.stack([aligned_shadow(run, k)[steps] for k in range(1, h + 1)], axis=1)
         ratio = np.stack([level_ratio(y[: t + 1], now_all[: t + 1]) for t in steps])[:, None, :]
-        cand = point_candidates(q50, last, np.broadcast_to(now, q50.shape), ahead, ratio, seasonal=seasonal)
+        cand = point_candidates(q50, last, np.broadcast_to(now, q50.shape), ahead, ratio, history=history)
     else:
-        cand = point_candidates(q50, last, seasonal=seasonal)
+        cand = point_candidates(q50, last, history=history)
     n_c = cand.shape[-1]
     out = np.empty(q50.shape)
     one = np.zeros(1, np.int64)

@@ -274,10 +274,11 @@ def test_median_choice_is_causal_and_uses_the_last_value_where_it_wins() -> None
     cfg = BacktestConfig(median_half_life=48.0)
     med = choose_median(g, raw, cfg, lead)
     np.testing.assert_allclose(med[0, 100 : t - lead], 5.0)  # flat series: the last value
-    # noisy one: mostly the model (e**0); the last value, worse, keeps a small weight
-    # (SHARPNESS) that a run of lucky steps can raise for a while
-    assert abs(np.median(med[1, 100 : t - lead]) - 1.0) < 0.01
-    assert np.mean(np.abs(med[1, 100 : t - lead] - 1.0) < 0.05) > 0.9
+    # noisy one: around the model's e**0. The analog (the median of 10 past outcomes of
+    # the same noise) is nearly as good and shares the weight; the last value, far worse,
+    # keeps a small one (SHARPNESS) that a run of lucky steps can raise for a while
+    assert abs(np.median(med[1, 100 : t - lead]) - 1.0) < 0.02
+    assert np.mean(np.abs(med[1, 100 : t - lead] - 1.0) < 0.3) > 0.9
     # changing data after step 250 changes no choice issued at or before 250
     y2 = y.copy()
     y2[:, 251:] *= 3.0

@@ -318,10 +318,10 @@ def test_shadow_level_worked_numbers() -> None:
     ratio = level_ratio(live, now)
     np.testing.assert_allclose(ratio, [20.0, np.nan])  # row 2 unknown for cpu; mem's shadow sums to 0
     cand = point_candidates(np.array([5.0, 5.0]), live[-1], now[-1], np.array([0.3, 1.0]), ratio)
-    assert cand.shape == (2, 7)
-    np.testing.assert_allclose(cand[:, 6], [6.0, np.nan])
-    assert np.isnan(cand[:, 2:5]).all()  # no seasonal candidates given
-    assert point_candidates(np.array([5.0]), np.array([4.0])).shape == (1, 5)  # no shadow
+    assert cand.shape == (2, 8)
+    np.testing.assert_allclose(cand[:, 7], [6.0, np.nan])
+    assert np.isnan(cand[:, 2:6]).all()  # no history candidates given
+    assert point_candidates(np.array([5.0]), np.array([4.0])).shape == (1, 6)  # no shadow
 
 
 def test_centre_on_moves_every_level_by_the_medians_change() -> None:
@@ -404,6 +404,73 @@ def test_seasonal_candidates_are_causal_and_the_engine_gets_the_backtests_rows()
     track2 = seasonal_track(y2, lead, 300.0)
     np.testing.assert_array_equal(track[:1700], track2[:1700])
     assert not np.allclose(track[1800:, 0, 0], track2[1800:, 0, 0])
+
+
+def test_analog_candidate_follows_the_series_own_burst_shape() -> None:
+    """Bursts at irregular times, each the same shape (a jump to 5, then 6 steps at 4,
+    then back to 1): a step after a jump the analog knows the burst is still on 3 steps
+    later, and 4 steps after it that it will be over -- the last value is wrong at the
+    second, and 3 steps before a jump (no sign of it yet) both say 1. Ties
+    (a flat series) take the newest moments; a NaN is never compared."""
+    from prae.model.analogs import ANALOG_NEIGHBOURS, ANALOG_PATTERN, analog_track
+
+    rng = np.random.default_rng(2)
+    shape = np.array([5.0, 4, 4, 4, 4, 4, 4])
+    x, starts = [], []
+    while len(x) < 3000:
+        x += [1.0] * int(rng.integers(15, 60))
+        starts.append(len(x))
+        x += shape.tolist()
+    y = np.array(x)[:, None] + rng.normal(0, 0.02, (len(x), 1))
+    lead = 3
+    track = analog_track(y, lead)[:, 0]
+    late = [s for s in starts if s > 1500 and s + 10 < len(y)]
+    np.testing.assert_allclose(track[[s + 1 for s in late]], 4.0, atol=0.1)  # target s + 4: on
+    np.testing.assert_allclose(track[[s + 4 for s in late]], 1.0, atol=0.1)  # target s + 7: off
+    np.testing.assert_allclose(y[[s + 4 for s in late], 0], 4.0, atol=0.1)  # the last value: on
+    np.testing.assert_allclose(track[[s - 3 for s in late]], 1.0, atol=0.1)
+    # none before ANALOG_NEIGHBOURS moments with known outcomes exist
+    first = np.flatnonzero(~np.isnan(track))[0]
+    assert first == lead + ANALOG_PATTERN + ANALOG_NEIGHBOURS - 2
+    # a flat series ties everywhere: the newest outcomes, i.e. the flat value
+    flat = analog_track(np.full((200, 1), 3.0), lead)[:, 0]
+    assert np.isnan(flat[:first]).all() and (flat[first:] == 3.0).all()
+    # a missing value: rows whose own pattern holds it get none; the rest go on
+    gap = y.copy()
+    gap[2000, 0] = np.nan
+    track_gap = analog_track(gap, lead)[:, 0]
+    assert np.isnan(track_gap[2000 : 2000 + ANALOG_PATTERN]).all()
+    assert not np.isnan(track_gap[2000 + ANALOG_PATTERN :]).any()
+
+
+def test_analog_candidate_is_causal_and_the_engine_gets_the_backtests_rows() -> None:
+    """``analog_track`` (the backtest, all rows) and ``analog_now`` (the engine, the
+    newest row of a bounded buffer) agree bit for bit, and data after row t changes no
+    candidate issued at or before t. ``history_track`` / ``HistoryNow`` put the seasonal
+    ones and the analog side by side."""
+    from prae.model.analogs import analog_now, analog_reach, analog_track
+    from prae.model.history import HISTORY, HistoryNow, history_track
+
+    rng = np.random.default_rng(3)
+    t, lead = 2600, 3
+    y = rng.lognormal(0, 1, (t, 4))
+    y[700:705, 1] = np.nan
+    track = analog_track(y, lead)
+    buffer = analog_reach(lead)  # the engine keeps at least this many rows
+    for i in list(range(60)) + list(range(690, 730)) + list(range(2000, 2100)) + [t - 1]:
+        got = analog_now(y[max(0, i + 1 - buffer) : i + 1], lead)
+        np.testing.assert_array_equal(got, track[i], err_msg=f"row {i}")
+    y2 = y.copy()
+    y2[1700:] *= 5.0
+    np.testing.assert_array_equal(analog_track(y2, lead)[:1700], track[:1700])
+    assert not np.allclose(analog_track(y2, lead)[1800:], track[1800:])
+
+    hist = history_track(y[:400], lead, 300.0)
+    assert hist.shape == (400, 4, len(HISTORY)) and HISTORY[-1] == "analog"
+    np.testing.assert_array_equal(hist[..., -1], track[:400])
+    now = HistoryNow(4)
+    for i in range(400):
+        np.testing.assert_array_equal(now(y[: i + 1], i + 1, lead, 300.0), hist[i], err_msg=f"row {i}")
 
 
 def test_median_selector_weighs_candidates_by_their_relative_error() -> None:

@@ -7,9 +7,10 @@ policy sees the forecasts issued at t. ``run_backtest`` is a list of named, time
 
     align       put all series on one grid (they share a step; starts may differ)
     forecast    block by block: retrain on the past, then batched inference for the block
-    point       per series, the median is the model's, the last value's and the seasonal
-                candidates' (prae.model.seasonal), weighted by their recent resolved
-                errors (prae.model.combination); the model's quantiles are moved onto it
+    point       per series, the median is the model's, the last value's, the seasonal
+                candidates' and the analog's (prae.model.history), weighted by their recent
+                resolved errors (prae.model.combination); the model's quantiles are moved
+                onto it
     calibrate   online conformal adjustment, step by step, vectorised over series
     tail        per series, cpu, disk and net take the levels >= q0.9 from an anchor (the
                 last value; cpu's peak of the last hour) plus the series' own recent
@@ -26,6 +27,7 @@ import copy
 import math
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,9 +37,9 @@ from numpy.lib.stride_tricks import sliding_window_view
 from prae.backtest.baselines import all_baselines, last_value, window_max
 from prae.model.calibration import CalibrationBank
 from prae.model.combination import MedianSelector, centre_on, point_candidates
+from prae.model.history import HISTORY, history_track
 from prae.model.predictor import Predictor
 from prae.model.promotion import Comparison, PromotionRule, compare, judge
-from prae.model.seasonal import SEASONAL, seasonal_track
 from prae.model.tails import (
     ANCHOR_PEAK_S,
     HOUR_PEAK_RESOURCES,
@@ -276,12 +278,12 @@ def forecast(
 
 def choose_median(grid: Grid, raw: np.ndarray, cfg: BacktestConfig, lead: int) -> np.ndarray:
     """Point forecasts (S, T, R): per series, the model's median, the last value and the
-    seasonal candidates (``prae.model.seasonal``) weighted by their recent resolved errors
+    candidates of its own history (``prae.model.history``) weighted by their recent resolved errors
     (``MedianSelector``). At step t it learns from the targets that arrived at t (issued
     at t - lead), then weighs the forecasts issued at t."""
     i50 = QUANTILES.index(0.5)
     s_n, t_n, r_n = raw.shape[:3]
-    cand = point_candidates(raw[..., i50], last_value(grid.y), seasonal=seasonal_grid(grid, lead))
+    cand = point_candidates(raw[..., i50], last_value(grid.y), history=history_grid(grid, lead))
     if cfg.median_half_life is None:
         return cand[..., 0]
     sel = MedianSelector(s_n, r_n, half_life=cfg.median_half_life, n_candidates=cand.shape[-1])
@@ -297,11 +299,18 @@ def choose_median(grid: Grid, raw: np.ndarray, cfg: BacktestConfig, lead: int) -
     return out
 
 
-def seasonal_grid(grid: Grid, lead: int) -> np.ndarray:
-    """(S, T, R, 3): ``seasonal_track`` of each series over its own rows (row 0 its first)."""
-    out = np.full((*grid.y.shape, len(SEASONAL)), np.nan)
-    for i, (off, n) in enumerate(zip(grid.offsets, grid.lengths, strict=True)):
-        out[i, off : off + n] = seasonal_track(grid.y[i, off : off + n], lead, grid.step_s)
+def history_grid(grid: Grid, lead: int) -> np.ndarray:
+    """(S, T, R, 4): ``history_track`` of each series over its own rows (row 0 its first),
+    the series on two threads (numpy lets go of the GIL in the analog's search, ~60 % of
+    the time; each series' rows are its own, so the result does not depend on the order)."""
+    out = np.full((*grid.y.shape, len(HISTORY)), np.nan)
+
+    def one(i: int) -> None:
+        off, n = int(grid.offsets[i]), int(grid.lengths[i])
+        out[i, off : off + n] = history_track(grid.y[i, off : off + n], lead, grid.step_s)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        list(pool.map(one, range(len(grid.series_ids))))
     return out
 
 

@@ -32,7 +32,7 @@ from prae.model.combination import (
     point_candidates,
     ratio_of,
 )
-from prae.model.seasonal import SeasonalNow
+from prae.model.history import HistoryNow
 from prae.model.tails import ANCHOR_PEAK_S, TailChoice, tail_anchor
 from prae.resources import QUANTILE_COLUMNS, QUANTILES, RESOURCES
 from prae.telemetry.alignment import RATE_WINDOW, align_shadow_by_progress
@@ -176,9 +176,10 @@ class LearningState:
         self.size = int(n_workloads)
         self.calibration = CalibrationBank(self.size, QUANTILES, window=calibration_window)
         # The backtest's per-workload median choice (prae.backtest.runner.choose_median): the
-        # model's median, the last value and the seasonal candidates, and here also the last
-        # value moved as the shadow moved and the shadow ahead in live units (NaN without a
-        # shadow or before a season's history: such a candidate has no weight).
+        # model's median, the last value and the candidates of the workload's own history
+        # (seasonal, analog), and here also the last value moved as the shadow moved and the
+        # shadow ahead in live units (NaN without a shadow, or before a season's or the
+        # analog's history: such a candidate has no weight).
         self.median = MedianSelector(
             self.size, len(RESOURCES), half_life=median_half_life, n_candidates=len(CANDIDATES)
         )
@@ -245,7 +246,7 @@ class WorkloadTracker:
         self._now_seen = (0, 0)
         self._now_redo = 0
         self._now_sums = np.zeros((2, len(RESOURCES)))  # level_sums of the final rows
-        self._seasonal = SeasonalNow(len(RESOURCES))  # keeps the periodic candidate's period
+        self._history = HistoryNow(len(RESOURCES))  # keeps the periodic candidate's period
 
     @property
     def name(self) -> str:
@@ -361,13 +362,13 @@ class WorkloadTracker:
         nan = np.full(len(RESOURCES), np.nan)
         last = np.array(self.live.values[-1]) if len(self.live) else nan
         now, ahead, ratio = nan, nan, nan
-        seasonal = None
+        history = None
         if len(self.live):
             now, ahead = self.aligned_now()[-1], self.aligned_shadow(lead_steps, rows=1)[-1]
             ratio = self.level_ratio_now()
             # the samples are the steps: a sampler running late stretches a period a little
-            seasonal = self._seasonal(self.live.values, self.live.total, lead_steps, self.interval_s)
-        cand = point_candidates(np.asarray(raw_median, dtype=float), last, now, ahead, ratio, seasonal=seasonal)
+            history = self._history(self.live.values, self.live.total, lead_steps, self.interval_s)
+        cand = point_candidates(np.asarray(raw_median, dtype=float), last, now, ahead, ratio, history=history)
         return cand, tail_anchor(last, self.live.peak(ANCHOR_PEAK_S))
 
     def choice_record(self) -> ChoiceRecord:

@@ -9,7 +9,8 @@ burst every 87 minutes). So each workload, resource by resource, weighs the cand
 their recent absolute error *on that workload*.
 
 The rule, per (workload, resource) and candidate k (0 = model median, 1 = last value,
-2-4 = ``prae.model.seasonal``'s periodic, daily and weekly):
+2-4 = ``prae.model.seasonal``'s periodic, daily and weekly, 5 = ``prae.model.analogs``'
+analog: what followed the past moments most like now):
 
     E_k = sum_j d**age_j * |y_j - f_k,j| / sum_j d**age_j,    d = 0.5 ** (1 / half_life)
 
@@ -55,10 +56,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from prae.model.seasonal import SEASONAL
+from prae.model.history import HISTORY
 from prae.resources import QUANTILES
 
-CANDIDATES: tuple[str, ...] = ("model", "last_value", *SEASONAL, "shadow_change", "shadow_level")
+CANDIDATES: tuple[str, ...] = ("model", "last_value", *HISTORY, "shadow_change", "shadow_level")
 # How fast a candidate's weight falls with its error relative to the best's: at 20, one
 # 5 % worse weighs e**-1 of the best's, one 20 % worse e**-4. Chosen on 40 validation
 # Bitbrains VMs (prae/model/seasonal.py), median WAPE ratio to the last value with all
@@ -136,16 +137,16 @@ def point_candidates(
     shadow_ahead: np.ndarray | None = None,
     ratio: np.ndarray | None = None,
     *,
-    seasonal: np.ndarray | None = None,
+    history: np.ndarray | None = None,
 ) -> np.ndarray:
-    """The candidates in ``CANDIDATES`` order, stacked on a new last axis: (..., 5)
-    without a shadow, (..., 7) with one. ``seasonal`` (..., 3): the candidates of
-    ``prae.model.seasonal`` (NaN columns without it). With a shadow: ``shadow_change`` of
+    """The candidates in ``CANDIDATES`` order, stacked on a new last axis: (..., 6)
+    without a shadow, (..., 8) with one. ``history`` (..., 4): the candidates of
+    ``prae.model.history`` (NaN columns without it). With a shadow: ``shadow_change`` of
     ``last``, and ``shadow_level``, the shadow ahead in live units (``shadow_ahead * ratio``,
     ratio from ``level_ratio``; NaN without one). Shapes broadcast together."""
     cols = [np.asarray(model_median, dtype=np.float64), np.asarray(last, dtype=np.float64)]
-    seas = np.full((len(SEASONAL),), np.nan) if seasonal is None else np.asarray(seasonal, dtype=np.float64)
-    cols += [seas[..., j] for j in range(len(SEASONAL))]
+    hist = np.full((len(HISTORY),), np.nan) if history is None else np.asarray(history, dtype=np.float64)
+    cols += [hist[..., j] for j in range(len(HISTORY))]
     if shadow_now is not None and shadow_ahead is not None:
         cols.append(shadow_change(cols[1], shadow_now, shadow_ahead))
         r = np.nan if ratio is None else np.asarray(ratio, dtype=np.float64)

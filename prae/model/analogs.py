@@ -1,0 +1,158 @@
+"""The analog point-forecast candidate: what followed the past moments most like now.
+
+Plain numpy. For a series and a row t, the ``ANALOG_PATTERN`` values ending at t are
+compared with the same-length stretch ending at each past row l of the last
+``ANALOG_LIBRARY`` (sum of absolute differences, in the series' own units), among the rows
+whose outcome ``l + lead`` is already known at t. The candidate is the median of the
+outcomes of the ``ANALOG_NEIGHBOURS`` closest ones (ties: the most recent first). NaN where
+fewer are known (a young series; a stretch with a missing value is never compared).
+
+Why: Bitbrains CPU bursts at irregular times (no period, no day), but each VM bursts in
+its own way -- a burst of one VM lasts ~8 steps at a level it keeps, another's decays
+within 3 -- and its last hour says where it is in that shape. The model's 48-step window
+and its training on other VMs know shapes on average; the VM's own past knows its shape.
+Measured with ``prae.backtest`` (lead 900 s, 30 days) as a sixth candidate of
+``prae.model.combination``'s choice, median WAPE ratio to the last value (cpu / mem / disk
+/ net):
+
+- 40 validation VMs (251-300, not multiples of 5), where it was chosen: 0.797 / 0.694 /
+  0.807 / 0.761 -> 0.754 / 0.680 / 0.775 / 0.752 (pattern 12, 10 neighbours, library
+  2016). Pattern 6 / 3 gave cpu 0.760 / 0.763; 5 / 20 neighbours 0.769 / 0.759 (pattern
+  6); a library of 1008 / 4032 rows 0.756 / 0.754.
+- the 100 held-out VMs: see MODEL_CARD.md.
+
+The backtest computes every row at once (``analog_track``), the live engine the newest row
+of a workload's bounded history (``analog_now``). Both go through ``_analog_rows``: the
+distances are summed in one fixed order, so the two agree bit for bit wherever the
+history reaches back ``analog_reach`` rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+ANALOG: tuple[str, ...] = ("analog",)
+ANALOG_PATTERN = 12  # values compared (an hour of 5-min steps)
+ANALOG_NEIGHBOURS = 10  # closest past moments whose outcomes are taken
+ANALOG_LIBRARY = 2016  # past moments searched, the newest first (a week of 5-min steps)
+_DTYPE = np.float32  # distances: half the memory traffic of float64; the outcomes stay float64
+_BLOCK = 256  # rows per block of the backtest's pass (memory: ~_BLOCK x library x R floats)
+
+
+def analog_reach(lead: int) -> int:
+    """Rows of history a row's candidate can look at: its own, and those of the oldest
+    moment of the library and that moment's pattern."""
+    return int(lead) + ANALOG_LIBRARY + ANALOG_PATTERN
+
+
+def _window_sums(a: np.ndarray, m: int) -> np.ndarray:
+    """out[..., i, :] = a[..., i, :] + ... + a[..., i + m - 1, :], summed in an order that
+    depends on m only (not on where a block starts): halves, quarters, ... as in m's
+    binary digits. (n, L) -> (n - m + 1, L); log2(m) + popcount(m) adds, not m - 1."""
+    n_out = a.shape[-2] - m + 1
+    out: np.ndarray | None = None
+    cur, width, offset, rest = a, 1, 0, m
+    while rest:
+        if rest & 1:
+            part = cur[..., offset : offset + n_out, :]
+            out = part.copy() if out is None else out + part
+            offset += width
+        rest >>= 1
+        if rest:
+            cur = cur[..., :-width, :] + cur[..., width:, :]
+            width *= 2
+    assert out is not None
+    return out
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """One series laid out for ``_analog_rows``: resources first, ``pad`` rows of padding
+    before row 0 so that every look-back index stays >= 0."""
+
+    x: np.ndarray  # (R, pad + T) values in _DTYPE, missing ones 0 (never compared: see penalty)
+    values: np.ndarray  # (R, pad + T) the values as given (float64): the outcomes taken
+    penalty: np.ndarray  # (R, pad + T) 0 where a moment is usable, inf where not
+    own_known: np.ndarray  # (R, pad + T) bool: the pattern ending here is fully known
+    pad: int
+
+
+def _all_known(seen: np.ndarray, before: int, after: int) -> np.ndarray:
+    """(R, n) bool: rows l - before .. l + after all inside and known, from ``seen`` (R,
+    n + 1), the running count of missing rows (0 first)."""
+    n = seen.shape[1] - 1
+    out = np.zeros((seen.shape[0], n), dtype=bool)
+    if n - after > before:
+        out[:, before : n - after] = seen[:, before + after + 1 :] == seen[:, : n - before - after]
+    return out
+
+
+def _prepare(y: np.ndarray, lead: int, pad: int) -> _Prepared:
+    """y (T, R) with ``pad`` rows of NaN put before it: enough for rows from
+    ``analog_reach(lead) - pad`` on (all of them with the whole reach)."""
+    m = ANALOG_PATTERN
+    values = np.ascontiguousarray(np.concatenate([np.full((pad, y.shape[1]), np.nan), y]).T)
+    missing = np.isnan(values)
+    seen = np.concatenate([np.zeros((len(values), 1), np.int64), np.cumsum(missing, axis=1)], axis=1)
+    # a past moment l is usable where its pattern and its outcome are known: l - m + 1 .. l + lead
+    penalty = np.where(_all_known(seen, m - 1, lead), 0.0, np.inf).astype(_DTYPE)
+    x = np.where(missing, 0.0, values).astype(_DTYPE)
+    return _Prepared(x, values, penalty, _all_known(seen, m - 1, 0), pad)
+
+
+def _analog_rows(p: _Prepared, start: int, stop: int, lead: int) -> np.ndarray:
+    """The candidate for rows [start, stop) of the prepared series: (stop - start, R)."""
+    m, k, lib = ANALOG_PATTERN, ANALOG_NEIGHBOURS, ANALOG_LIBRARY
+    r_n, n = p.x.shape[0], stop - start
+    out = np.full((n, r_n), np.nan)
+    s0, s1 = p.pad + start - m + 1, p.pad + stop  # padded rows whose values enter the patterns
+    # [r, q, u] = x[r, q + u]; row s's moment j back (l = s - lead - j) is [r, s - lead - lib, lib - j]
+    back = sliding_window_view(p.x, lib + 1, axis=1)[:, s0 - lead - lib : s1 - lead - lib, ::-1]
+    diff = np.abs(p.x[:, s0:s1, None] - back)  # (R, n + m - 1, lib + 1)
+    pen = sliding_window_view(p.penalty, lib + 1, axis=1)[:, s0 + m - 1 - lead - lib : s1 - lead - lib, ::-1]
+    dist = _window_sums(diff, m) + pen  # (R, n, lib + 1): row start + i, moment j back
+    ok = p.own_known[:, s0 + m - 1 : s1] & (np.isfinite(dist).sum(axis=-1) >= k)  # (R, n)
+    if not ok.any():
+        return out
+    d = dist[ok]  # (N, lib + 1), the newest moment first
+    kth = np.partition(d, k - 1, axis=-1)[:, k - 1 : k]
+    take = d <= kth
+    tied = take.sum(axis=-1) > k  # ties at the k-th: the newest of them
+    if tied.any():
+        dt, at_kth = d[tied], kth[tied]
+        closer, even = dt < at_kth, dt == at_kth
+        take[tied] = closer | (even & (np.cumsum(even, axis=-1) <= k - closer.sum(axis=-1, keepdims=True)))
+    near = np.nonzero(take)[1].reshape(-1, k)
+    # the outcome of moment j back is the value at l + lead = row - j
+    r_idx, i_idx = np.nonzero(ok)
+    vals = p.values[r_idx[:, None], p.pad + start + i_idx[:, None] - near]
+    vals.sort(axis=-1)
+    out.T[ok] = (vals[:, (k - 1) // 2] + vals[:, k // 2]) / 2
+    return out
+
+
+def analog_track(y: np.ndarray, lead: int) -> np.ndarray:
+    """The candidate of every row of one series: y (T, R) on a regular grid, row 0 its
+    first. Returns (T, R): the forecast issued at each row for row + lead, from rows <= t."""
+    y = np.asarray(y, dtype=np.float64)
+    prepared = _prepare(y, int(lead), analog_reach(lead))
+    out = np.full(y.shape, np.nan)
+    for a in range(0, len(y), _BLOCK):
+        b = min(len(y), a + _BLOCK)
+        out[a:b] = _analog_rows(prepared, a, b, int(lead))
+    return out
+
+
+def analog_now(values: np.ndarray, lead: int) -> np.ndarray:
+    """``analog_track``'s newest row for a series' newest rows ``values`` (n, R), the last
+    being the newest: (R,). The same as ``analog_track`` of the whole series wherever n
+    reaches ``analog_reach(lead)`` or holds the series from its first row."""
+    values = np.asarray(values, dtype=np.float64)
+    n, lead = len(values), int(lead)
+    if n < lead + ANALOG_PATTERN + ANALOG_NEIGHBOURS - 1:  # fewer past moments than neighbours
+        return np.full(values.shape[1], np.nan)
+    keep = min(n, analog_reach(lead))
+    return _analog_rows(_prepare(values[n - keep :], lead, analog_reach(lead) - keep), keep - 1, keep, lead)[0]
