@@ -444,7 +444,7 @@ def test_analog_candidate_follows_the_series_own_burst_shape() -> None:
 
 
 def test_analog_candidate_is_causal_and_the_engine_gets_the_backtests_rows() -> None:
-    """``analog_track`` (the backtest, all rows) and ``analog_now`` (the engine, the
+    """``analog_track`` (the backtest, all rows at once) and ``analog_now`` (the engine, the
     newest row of a bounded buffer) agree bit for bit, and data after row t changes no
     candidate issued at or before t. ``history_track`` / ``HistoryNow`` put the seasonal
     ones and the analog side by side."""

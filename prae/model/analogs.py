@@ -19,12 +19,21 @@ Measured with ``prae.backtest`` (lead 900 s, 30 days) as a sixth candidate of
   0.807 / 0.761 -> 0.754 / 0.680 / 0.775 / 0.752 (pattern 12, 10 neighbours, library
   2016). Pattern 6 / 3 gave cpu 0.760 / 0.763; 5 / 20 neighbours 0.769 / 0.759 (pattern
   6); a library of 1008 / 4032 rows 0.756 / 0.754.
-- the 100 held-out VMs: see MODEL_CARD.md.
+- the 100 held-out VMs (``bench/backtest_speed.py``): 0.908 / 0.782 / 0.705 / 0.689 ->
+  0.881 / 0.775 / 0.682 / 0.678; slack at 1 % and q0.9 coverage within 0.004 of before;
+  the backtest 233 -> 291 s (this search ~60 s of it, on two threads).
+
+It is brute force: every row compares 12 values with each of 2017 moments, per resource:
+~0.3 ms per workload and tick in a micro-bench, ~0.6 ms in the engine's loop, where the rest
+of a tick's choice is vectorised across workloads (README). Carrying the sums' tree from
+row to row (each node of ``_window_sums``' tree is the same for every row that uses it) was
+tried: bit for bit the same, 0.18 ms in the micro-bench, but the loop's tick only went from
+167 to 157 ms at 100 workloads, for ~1-2 MB of kept sums per workload. Not kept.
 
 The backtest computes every row at once (``analog_track``), the live engine the newest row
-of a workload's bounded history (``analog_now``). Both go through ``_analog_rows``: the
-distances are summed in one fixed order, so the two agree bit for bit wherever the
-history reaches back ``analog_reach`` rows.
+of a workload's bounded history (``analog_now``). The distances are summed in one fixed
+order (``_window_sums``), so the two agree bit for bit wherever the history reaches back
+``analog_reach`` rows.
 """
 
 from __future__ import annotations
@@ -105,16 +114,26 @@ def _prepare(y: np.ndarray, lead: int, pad: int) -> _Prepared:
 
 def _analog_rows(p: _Prepared, start: int, stop: int, lead: int) -> np.ndarray:
     """The candidate for rows [start, stop) of the prepared series: (stop - start, R)."""
-    m, k, lib = ANALOG_PATTERN, ANALOG_NEIGHBOURS, ANALOG_LIBRARY
-    r_n, n = p.x.shape[0], stop - start
-    out = np.full((n, r_n), np.nan)
+    m, lib = ANALOG_PATTERN, ANALOG_LIBRARY
     s0, s1 = p.pad + start - m + 1, p.pad + stop  # padded rows whose values enter the patterns
     # [r, q, u] = x[r, q + u]; row s's moment j back (l = s - lead - j) is [r, s - lead - lib, lib - j]
     back = sliding_window_view(p.x, lib + 1, axis=1)[:, s0 - lead - lib : s1 - lead - lib, ::-1]
     diff = np.abs(p.x[:, s0:s1, None] - back)  # (R, n + m - 1, lib + 1)
     pen = sliding_window_view(p.penalty, lib + 1, axis=1)[:, s0 + m - 1 - lead - lib : s1 - lead - lib, ::-1]
     dist = _window_sums(diff, m) + pen  # (R, n, lib + 1): row start + i, moment j back
-    ok = p.own_known[:, s0 + m - 1 : s1] & (np.isfinite(dist).sum(axis=-1) >= k)  # (R, n)
+    return _median_of_nearest(dist, p.own_known[:, s0 + m - 1 : s1], p.values, p.pad + start)
+
+
+def _median_of_nearest(dist: np.ndarray, own: np.ndarray, values: np.ndarray, first: int) -> np.ndarray:
+    """The median outcome of the ``ANALOG_NEIGHBOURS`` nearest moments (ties: the newest).
+
+    dist: (R, n, lib + 1) distances of rows first .. first + n - 1 of ``values`` (R, ...)
+    to the moments 0 .. lib back (inf: not usable); own: (R, n) whether the row's own
+    pattern is known. Returns (n, R), NaN where the pattern is not known or fewer moments
+    are usable than neighbours are needed."""
+    k = ANALOG_NEIGHBOURS
+    out = np.full(own.shape[::-1], np.nan)
+    ok = own & (np.isfinite(dist).sum(axis=-1) >= k)  # (R, n)
     if not ok.any():
         return out
     d = dist[ok]  # (N, lib + 1), the newest moment first
@@ -128,7 +147,7 @@ def _analog_rows(p: _Prepared, start: int, stop: int, lead: int) -> np.ndarray:
     near = np.nonzero(take)[1].reshape(-1, k)
     # the outcome of moment j back is the value at l + lead = row - j
     r_idx, i_idx = np.nonzero(ok)
-    vals = p.values[r_idx[:, None], p.pad + start + i_idx[:, None] - near]
+    vals = values[r_idx[:, None], first + i_idx[:, None] - near]
     vals.sort(axis=-1)
     out.T[ok] = (vals[:, (k - 1) // 2] + vals[:, k // 2]) / 2
     return out
@@ -156,3 +175,4 @@ def analog_now(values: np.ndarray, lead: int) -> np.ndarray:
         return np.full(values.shape[1], np.nan)
     keep = min(n, analog_reach(lead))
     return _analog_rows(_prepare(values[n - keep :], lead, analog_reach(lead) - keep), keep - 1, keep, lead)[0]
+
