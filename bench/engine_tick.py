@@ -115,13 +115,16 @@ class GrantAll:
         return []
 
 
-def measure(n: int, ticks: int, warm: int, seed: int, median_head: bool = True) -> dict[str, float]:
+def measure(
+    n: int, ticks: int, warm: int, seed: int, median_head: bool = True, analog: bool = True
+) -> dict[str, float]:
     names = [f"w{i:05d}" for i in range(n)]
     root = tempfile.mkdtemp(prefix="prae-tick-")
     cfg = parse_config(
         {
             "run": {"interval_s": 1.0, "store_dir": f"{root}/store"},
             "allocator": {"violation_budget": 0.01},
+            "predictor": {"analog_candidate": analog},
             "workloads": [{"name": w, "kind": "etl", "shadow": {"mode": "sample"}} for w in names],
         },
         "bench.yaml",
@@ -196,10 +199,15 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="serve the LSTM's own q0.5 (the shipped median head set aside)",
     )
+    ap.add_argument(
+        "--no-analog",
+        action="store_true",
+        help="predictor.analog_candidate: false (no analog search; README has what it costs)",
+    )
     args = ap.parse_args(argv)
     results = []
     for n in (int(x) for x in args.workloads.split(",")):
-        r = measure(n, args.ticks, args.warm, args.seed, not args.without_median_head)
+        r = measure(n, args.ticks, args.warm, args.seed, not args.without_median_head, not args.no_analog)
         results.append(r)
         print(
             f"{n:5d} workloads: tick {r['tick_ms']:7.1f} ms, slowest {r['slowest_tick_ms']:7.1f} ms "

@@ -35,6 +35,9 @@ def test_defaults_fill_a_minimal_config():
     assert cfg.allocator.reserve_quantile == 0.9
     assert cfg.allocator.peak_hold_s == 0.0 and cfg.allocator.max_shrinks_per_hour == 4.0
     assert w.profile.unit_cpu is None
+    assert cfg.predictor.analog_candidate is True
+    off = parse_config({**minimal(), "predictor": {"analog_candidate": False}}, "mem.yaml")
+    assert off.predictor.analog_candidate is False
 
 
 def test_resize_limits_and_task_unit_are_read():
@@ -105,6 +108,7 @@ def test_resize_limits_and_task_unit_are_read():
         ({**minimal(), "retrain": {"holdout_share": 1.0}}, "retrain.holdout_share", "<= 0.9"),
         ({**minimal(), "retrain": {"significance_z": -1}}, "retrain.significance_z", ">= 0"),
         ({**minimal(), "predictor": {"num_replicas": 0}}, "predictor.num_replicas", ">= 1"),
+        ({**minimal(), "predictor": {"analog_candidate": "off"}}, "predictor.analog_candidate", "true or false"),
         ({"workloads": [{"name": "a", "kind": "etl"}, {"name": "a", "kind": "train"}]}, "workloads[1].name", "twice"),
         ([1, 2], "<root>", "mapping"),
     ],

@@ -291,6 +291,41 @@ def test_tracker_chooses_the_last_value_where_the_model_median_keeps_missing():
         assert cal[r, upper].tolist() == [1.0] * int(upper.sum()) and moved[0] < cal[r, 0] < 1.0
 
 
+def test_tracker_searches_the_analog_candidate_unless_the_config_turns_it_off(tmp_path):
+    """A workload whose CPU repeats a 6-step shape: once its history holds enough past
+    moments the analog candidate (column ``CANDIDATES.index('analog')``) says what followed
+    the last hour's shape; with ``predictor.analog_candidate: false`` the column stays NaN
+    (no weight in the choice) and the loop builds its trackers that way."""
+    from prae.config import WorkloadSpec
+    from prae.engine.tracker import WorkloadTracker
+    from prae.model.combination import CANDIDATES
+
+    col = CANDIDATES.index("analog")
+    shape = [1.0, 1.0, 1.0, 4.0, 4.0, 2.0]
+    on = WorkloadTracker(WorkloadSpec(name="on", kind="etl"), interval_s=1.0)
+    off = WorkloadTracker(WorkloadSpec(name="off", kind="etl"), interval_s=1.0, analog=False)
+    raw_median = np.full(len(RESOURCES), 2.0)
+    for t in range(60):
+        v = shape[t % 6]
+        sample = TelemetrySample(ts=float(t), cpu=v, mem=1.0, disk=1.0, net=1.0)
+        on.live.extend([sample])
+        off.live.extend([sample])
+    cand_on, _ = on.point_inputs(raw_median, 2)
+    cand_off, _ = off.point_inputs(raw_median, 2)
+    cpu = RESOURCES.index("cpu")
+    assert cand_on[cpu, col] == shape[(59 + 2) % 6]  # the shape two steps on: 1.0 after ...4, 2
+    assert np.isnan(cand_off[:, col]).all()
+    np.testing.assert_array_equal(np.delete(cand_on, col, axis=1), np.delete(cand_off, col, axis=1))
+
+    cfg = parse_config(
+        {"predictor": {"analog_candidate": False}, "workloads": [{"name": "a", "kind": "etl"}]}, "t.yaml"
+    )
+    loop = EngineLoop(cfg, None, None, None, FeedbackStore(tmp_path / "store"))  # type: ignore[arg-type]
+    looped = loop.trackers["a"]
+    looped.live.extend([TelemetrySample(ts=float(t), cpu=shape[t % 6], mem=1.0, disk=1.0, net=1.0) for t in range(60)])
+    assert np.isnan(looped.point_inputs(raw_median, 2)[0][:, col]).all()
+
+
 def test_tracker_measures_cpus_tail_from_the_peak_of_the_last_hour():
     """CPU swinging between 1 and 3 cores every step: from the last value the changes are
     +-2 and the tail after a high step would be 3 + 2 = 5; from the hour's peak (3) they are

@@ -471,6 +471,11 @@ def test_analog_candidate_is_causal_and_the_engine_gets_the_backtests_rows() -> 
     now = HistoryNow(4)
     for i in range(400):
         np.testing.assert_array_equal(now(y[: i + 1], i + 1, lead, 300.0), hist[i], err_msg=f"row {i}")
+    # without the analog (predictor.analog_candidate: false): its column NaN, the rest as they were
+    off = history_track(y[:400], lead, 300.0, analog=False)
+    assert np.isnan(off[..., -1]).all()
+    np.testing.assert_array_equal(off[..., :-1], hist[..., :-1])
+    assert np.isnan(HistoryNow(4, analog=False)(y[:400], 400, lead, 300.0)[:, -1]).all()
 
 
 def test_median_selector_weighs_candidates_by_their_relative_error() -> None:

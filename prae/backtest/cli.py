@@ -72,6 +72,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="resources whose levels >= q0.9 may come from their own recent changes "
         "(default prae.model.tails.TAIL_RESOURCES: cpu,disk,net; 'none' = the model's tail for all)",
     )
+    parser.add_argument(
+        "--no-analog",
+        action="store_true",
+        help="leave out the analog point candidate (as predictor.analog_candidate: false does live)",
+    )
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     # --simulate-cluster and its options (added by the allocator/simulator owner: prae/simulate/cli.py)
     from prae.simulate.cli import add_arguments as add_simulation_arguments
@@ -117,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
             promotion=PromotionRule(always=args.always_promote),
             warmup_s=args.warmup_s,
             tail_resources=tails,
+            analog=not args.no_analog,
         )
         t_load = time.perf_counter() - t0
         result = run_backtest(series, predictor, cfg)

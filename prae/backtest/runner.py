@@ -74,6 +74,7 @@ class BacktestConfig:
     season_s: float = 86400.0
     extra_budgets: tuple[float, ...] = (0.01, 0.05)  # policy also run at these (metrics)
     median_half_life: float | None = 288.0  # MedianSelector memory (outcomes); None: off
+    analog: bool = True  # the analog point candidate (prae.model.analogs); the engine's predictor.analog_candidate
     tail_resources: tuple[str, ...] = TAIL_RESOURCES  # TailSelector may choose for these; (): off
     tail_half_life: float = TAIL_HALF_LIFE
     increment_window: int = INCREMENT_WINDOW
@@ -283,7 +284,7 @@ def choose_median(grid: Grid, raw: np.ndarray, cfg: BacktestConfig, lead: int) -
     at t - lead), then weighs the forecasts issued at t."""
     i50 = QUANTILES.index(0.5)
     s_n, t_n, r_n = raw.shape[:3]
-    cand = point_candidates(raw[..., i50], last_value(grid.y), history=history_grid(grid, lead))
+    cand = point_candidates(raw[..., i50], last_value(grid.y), history=history_grid(grid, lead, analog=cfg.analog))
     if cfg.median_half_life is None:
         return cand[..., 0]
     sel = MedianSelector(s_n, r_n, half_life=cfg.median_half_life, n_candidates=cand.shape[-1])
@@ -299,7 +300,7 @@ def choose_median(grid: Grid, raw: np.ndarray, cfg: BacktestConfig, lead: int) -
     return out
 
 
-def history_grid(grid: Grid, lead: int) -> np.ndarray:
+def history_grid(grid: Grid, lead: int, *, analog: bool = True) -> np.ndarray:
     """(S, T, R, 4): ``history_track`` of each series over its own rows (row 0 its first),
     the series on two threads (numpy lets go of the GIL in the analog's search, ~60 % of
     the time; each series' rows are its own, so the result does not depend on the order)."""
@@ -307,7 +308,7 @@ def history_grid(grid: Grid, lead: int) -> np.ndarray:
 
     def one(i: int) -> None:
         off, n = int(grid.offsets[i]), int(grid.lengths[i])
-        out[i, off : off + n] = history_track(grid.y[i, off : off + n], lead, grid.step_s)
+        out[i, off : off + n] = history_track(grid.y[i, off : off + n], lead, grid.step_s, analog=analog)
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         list(pool.map(one, range(len(grid.series_ids))))

@@ -185,7 +185,12 @@ class EngineLoop:
             if carried is not None:
                 log.info("workload '%s': point-forecast choice carried from its previous run", w.name)
             self.trackers[w.name] = WorkloadTracker(
-                w, config.run.interval_s, carried=carried, state=self.learning, slot=slot
+                w,
+                config.run.interval_s,
+                carried=carried,
+                state=self.learning,
+                slot=slot,
+                analog=config.predictor.analog_candidate,
             )
         self.policies = {w.name: workload_policy(w) for w in config.workloads}
         # Hysteresis against what was last asked for, shrink-rate limits, resizes counted

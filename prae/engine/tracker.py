@@ -218,12 +218,14 @@ class WorkloadTracker:
         carried: ChoiceRecord | None = None,
         state: LearningState | None = None,
         slot: int = 0,
+        analog: bool = True,
     ) -> None:
         """``carried``: the point-forecast choice of this workload's previous run
         (:mod:`prae.engine.choices`), to start from instead of from nothing. ``state``,
         ``slot``: where this workload learns, shared with the loop's other workloads;
         None: a state of its own, made with ``calibration_window`` and ``median_half_life``
-        (which a shared state has set already)."""
+        (which a shared state has set already). ``analog``: whether the analog point
+        candidate is searched for (``predictor.analog_candidate``)."""
         self.spec = spec
         self.interval_s = interval_s
         self.live = Series()
@@ -246,7 +248,7 @@ class WorkloadTracker:
         self._now_seen = (0, 0)
         self._now_redo = 0
         self._now_sums = np.zeros((2, len(RESOURCES)))  # level_sums of the final rows
-        self._history = HistoryNow(len(RESOURCES))  # keeps the periodic candidate's period
+        self._history = HistoryNow(len(RESOURCES), analog=analog)  # keeps the periodic candidate's period
 
     @property
     def name(self) -> str:
