@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -302,16 +303,16 @@ def choose_median(grid: Grid, raw: np.ndarray, cfg: BacktestConfig, lead: int) -
 
 def history_grid(grid: Grid, lead: int, *, analog: bool = True) -> np.ndarray:
     """(S, T, R, 4): ``history_track`` of each series over its own rows (row 0 its first),
-    the series on two threads: numpy lets go of the GIL in most of the analog's search (40
-    validation VMs took 24 s on two threads, ~54 s on one), and each series' rows are its
-    own, so the result does not depend on the order."""
+    the series on a thread per CPU: numpy lets go of the GIL in most of the analog's search
+    (40 validation VMs took 24 s on this project's two cores, ~54 s on one thread), and
+    each series' rows are its own, so the result does not depend on the order."""
     out = np.full((*grid.y.shape, len(HISTORY)), np.nan)
 
     def one(i: int) -> None:
         off, n = int(grid.offsets[i]), int(grid.lengths[i])
         out[i, off : off + n] = history_track(grid.y[i, off : off + n], lead, grid.step_s, analog=analog)
 
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         list(pool.map(one, range(len(grid.series_ids))))
     return out
 
