@@ -35,9 +35,9 @@ network coming back from idle -- the level still says how much. Re-scoring the s
 ablation's cached runs of the time (``bench/shadow_ablation.py --reuse``) it took the
 phase-change error with a shadow from 0.515 to 0.501 (without a shadow 0.548); replay
 0.422 -> 0.380, the others within 0.003 (README: a fresh collection).
-Where a candidate is unknown (no shadow, no last value or season yet) the model's median
-stands in for it when scored, so it cannot win by being absent, and it has no weight in
-the forecast.
+Where a candidate is unknown (no shadow, no last value, season or analog yet) the model's
+median stands in for it when scored, so it cannot win by being absent, and it has no
+weight in the forecast.
 
 Only the median is chosen this way, before calibration: the model's quantiles are moved
 onto it (``centre_on``), and the calibration adjusts and learns from those, so the
@@ -276,8 +276,8 @@ class MedianSelector:
 
     def select(self, idx: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         """candidates: shape (n, R, K) -> the point forecast, shape (n, R): the candidates
-        weighted by ``mix_weights``. A NaN candidate (no last value, shadow or season yet) has
-        no weight."""
+        weighted by ``mix_weights``. A NaN candidate (no last value, shadow, season or analog
+        yet) has no weight."""
         c = self._checked(candidates)
         return (self.mix_weights(idx, ~np.isnan(c)) * np.nan_to_num(c)).sum(axis=-1)
 
