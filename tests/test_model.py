@@ -192,9 +192,10 @@ def test_level_windows_hold_twenty_expected_exceedances() -> None:
 def test_each_level_is_calibrated_from_its_own_window() -> None:
     """Windows (5, 5, 5, 7, 11): q0.9's offset is the largest of its last 5 scores and
     q0.99's of its last 11 (the conformal rank caps at the window's top), each shrunk by
-    n / (n + 10)."""
+    n / (n + 10). The normaliser is held to the forecast's width (2) so the scores are
+    known numbers."""
     rng = np.random.default_rng(4)
-    bank = CalibrationBank(1, window=5, windows=(5, 5, 5, 7, 11))
+    bank = CalibrationBank(1, window=5, windows=(5, 5, 5, 7, 11), error_half_life=None)
     pred = np.tile(np.array([9.0, 10.0, 11.0, 11.5, 12.0]), (1, 4, 1))  # (1, R, Q); d = 2
     idx = np.zeros(1, np.int64)
     ys = 10.0 + 2.0 * rng.standard_normal(30)
@@ -210,8 +211,9 @@ def test_each_level_is_calibrated_from_its_own_window() -> None:
 
 def test_q99_remembers_a_burst_that_q90_has_forgotten() -> None:
     """q0.99 keeps 2000 scores, q0.9 200: 300 outcomes after a burst of misses, the
-    burst still lifts q0.99 and no longer lifts q0.9."""
-    bank = CalibrationBank(1, window=200)
+    burst still lifts q0.99 and no longer lifts q0.9 (with the forecast's width as the
+    normaliser; with the recent error, see the next test)."""
+    bank = CalibrationBank(1, window=200, error_half_life=None)
     assert bank.windows == (200, 200, 200, 400, 2000)
     pred = np.tile(np.array([9.0, 10.0, 11.0, 11.5, 12.0]), (1, 4, 1))  # (1, R, Q)
     idx = np.zeros(1, np.int64)
@@ -220,6 +222,46 @@ def test_q99_remembers_a_burst_that_q90_has_forgotten() -> None:
     adj = bank.adjust(idx, pred)[0, 0]
     assert adj[2] < 10.5  # q0.9: its last 200 scores are all y = 10 (brought down to ~10)
     assert adj[4] > 20.0  # q0.99: 50 of its 350 scores are the burst (y = 30)
+
+
+def test_normaliser_is_the_recent_error_so_intervals_follow_turbulence() -> None:
+    """Usage turbulent for 300 outcomes (sd 10 around the forecast's median), then calm
+    (sd 2). The forecast itself never changes (q0.1..q0.9 = 9..11). Scaled by the recent
+    error, q0.9 narrows within ~10 calm outcomes and keeps about its coverage there; scaled
+    by the forecast's fixed width it stays wide while turbulent scores fill its window."""
+    from prae.model.calibration import ERROR_HALF_LIFE, ERROR_MIN_OUTCOMES
+
+    rng = np.random.default_rng(7)
+    pred = np.tile(np.array([9.0, 10.0, 11.0, 11.5, 12.0]), (1, 4, 1))  # (1, R, Q)
+    idx = np.zeros(1, np.int64)
+    error, width = CalibrationBank(1), CalibrationBank(1, error_half_life=None)
+    ys = np.r_[10.0 + 10.0 * rng.standard_normal(300), 10.0 + 2.0 * rng.standard_normal(100)]
+    calm_hits = {"error": [], "width": []}
+    spread = {}
+    for t, y in enumerate(ys):
+        for name, bank in (("error", error), ("width", width)):
+            issued = bank.adjust(idx, pred)
+            if t >= 310:  # ten calm outcomes in
+                calm_hits[name].append(y <= issued[0, 0, 2])
+                spread.setdefault(name, []).append(issued[0, 0, 2] - 10.0)
+            bank.update(idx, pred, np.full((1, 4), y), issued=issued)
+    # calm, the true q0.9 is 10 + 1.28 * 2 = 12.6 (here: 2.7 above the median, covering 93 %
+    # of the calm outcomes); the width-scaled one is still 9.1 above, as if turbulent
+    assert np.median(spread["error"]) < 3.5 < 7.0 < np.median(spread["width"])
+    assert 0.85 < np.mean(calm_hits["error"]) < 0.98
+    assert np.mean(calm_hits["width"]) > 0.99  # far too wide: every calm outcome is under it
+    # the normaliser: the decayed mean of |y - q0.5| (half-life 3 outcomes), after 5 outcomes
+    assert ERROR_HALF_LIFE == 3.0 and ERROR_MIN_OUTCOMES == 5
+    fresh = CalibrationBank(1)
+    for y in (14.0, 14.0, 14.0, 14.0, 11.0):
+        fresh.update(idx, pred, np.full((1, 4), y))
+    decay = 0.5 ** (1 / 3)
+    weights = decay ** np.arange(5)
+    expected = (weights * np.array([1.0, 4.0, 4.0, 4.0, 4.0])).sum() / weights.sum()
+    np.testing.assert_allclose(fresh._width(idx, pred)[0], expected)
+    assert CalibrationBank(1)._width(idx, pred)[0, 0] == 2.0  # no outcome yet: the width
+    with pytest.raises(ValueError, match="error_half_life"):
+        CalibrationBank(1, error_half_life=0.0)
 
 
 def test_calibration_bank_matches_single_calibrators() -> None:

@@ -36,7 +36,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from prae.backtest.baselines import all_baselines, last_value, window_max
-from prae.model.calibration import CalibrationBank
+from prae.model.calibration import ERROR_HALF_LIFE, CalibrationBank
 from prae.model.combination import MedianSelector, centre_on, point_candidates
 from prae.model.history import HISTORY, history_track
 from prae.model.predictor import Predictor
@@ -72,6 +72,8 @@ class BacktestConfig:
     warmup_s: float = 3600.0  # rows are emitted for issue steps after this much history
     calibration_window: int = 200
     calibration_gamma: float = 0.0  # adaptive conformal step; 0 = plain rolling window
+    # the normaliser's recent error, in outcomes; None = the forecast's own width
+    calibration_error_half_life: float | None = ERROR_HALF_LIFE
     season_s: float = 86400.0
     extra_budgets: tuple[float, ...] = (0.01, 0.05)  # policy also run at these (metrics)
     median_half_life: float | None = 288.0  # MedianSelector memory (outcomes); None: off
@@ -371,7 +373,12 @@ def calibrate(grid: Grid, raw: np.ndarray, cfg: BacktestConfig, lead: int) -> np
     change of 0), and rounding them to float32 put about half of those ties under the
     actual, as misses."""
     s_n = raw.shape[0]
-    bank = CalibrationBank(s_n, window=cfg.calibration_window, gamma=cfg.calibration_gamma)
+    bank = CalibrationBank(
+        s_n,
+        window=cfg.calibration_window,
+        gamma=cfg.calibration_gamma,
+        error_half_life=cfg.calibration_error_half_life,
+    )
     cal = np.full(raw.shape, np.nan)
 
     def learn(idx: np.ndarray, tt: int, t: int) -> None:
