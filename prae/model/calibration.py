@@ -128,7 +128,7 @@ class CalibrationBank:
         rings (S, R, levels, W) of normalised residuals, one per distinct window length W
         (NaN = empty)
         tau_eff (S, R, Q) adaptive levels; level (S, R) running mean |y|; error (S, R)
-        decayed sum of |y - q0.5| (weight in error_w)
+        decayed sum of |y - q0.5| (its weight follows from ``count``)
     ``window`` is the shortest window; ``windows`` (one per quantile) overrides
     ``level_windows(quantiles, window)``. ``error_half_life``: the normaliser's recent
     error (module docstring), in outcomes; None = the forecast's own width throughout.
@@ -192,7 +192,6 @@ class CalibrationBank:
             None if error_half_life is None or self._i50 is None else 0.5 ** (1.0 / error_half_life)
         )
         self.error = np.zeros((s, r), np.float64)
-        self.error_w = np.zeros((s, r), np.float64)
         self.n_cov = np.zeros((s, r), np.int64)
         self.hits = np.zeros((s, r, q), np.int64)  # y <= calibrated q_tau
         self.inside80 = np.zeros((s, r), np.int64)
@@ -203,17 +202,16 @@ class CalibrationBank:
         width = predicted[..., self._i90] - predicted[..., self._i10]
         if self._i50 is not None:
             width = np.maximum(width, 0.1 * np.abs(predicted[..., self._i50]))
-        expand = (1,) * (width.ndim - 2)
-        lvl = self.level[idx] / np.maximum(self.level_w[idx], 1e-12)
-        lvl = lvl.reshape(lvl.shape[:1] + expand + lvl.shape[1:])
+
+        def rows(a: np.ndarray) -> np.ndarray:  # (n, R) -> broadcast against (n, ..., R)
+            return a.reshape(a.shape[:1] + (1,) * (width.ndim - 2) + a.shape[1:])
+
+        lvl = rows(self.level[idx] / np.maximum(self.level_w[idx], 1e-12))
         if self._error_decay is not None:
-            error = self.error[idx] / np.maximum(self.error_w[idx], 1e-12)
-            known = self.count[idx] >= ERROR_MIN_OUTCOMES
-            width = np.where(
-                known.reshape(known.shape[:1] + expand + known.shape[1:]),
-                error.reshape(error.shape[:1] + expand + error.shape[1:]),
-                width,
-            )
+            n = self.count[idx]  # outcomes in the decayed sum: its weight is sum(decay ** i), i < n
+            weight = (1.0 - self._error_decay**n) / (1.0 - self._error_decay)
+            error = self.error[idx] / np.maximum(weight, 1e-12)
+            width = np.where(rows(n >= ERROR_MIN_OUTCOMES), rows(error), width)
         return np.maximum(np.maximum(width, 0.1 * lvl), 1e-30)
 
     def _offsets(self, idx: np.ndarray) -> np.ndarray:
@@ -298,11 +296,9 @@ class CalibrationBank:
         self.count[s_idx, rr] += 1
         self.level[idx] = np.where(ok, _LEVEL_DECAY * self.level[idx] + np.abs(y), self.level[idx])
         self.level_w[idx] = np.where(ok, _LEVEL_DECAY * self.level_w[idx] + 1.0, self.level_w[idx])
-        if self._error_decay is not None:
-            miss_abs = np.abs(y - np.nan_to_num(predicted[..., self._i50]))
-            decay = self._error_decay
-            self.error[idx] = np.where(ok, decay * self.error[idx] + miss_abs, self.error[idx])
-            self.error_w[idx] = np.where(ok, decay * self.error_w[idx] + 1.0, self.error_w[idx])
+        if self._error_decay is not None:  # rows not ok keep theirs (their count did not move)
+            abs_error = np.abs(y - predicted[..., self._i50])
+            self.error[idx] = np.where(ok, self._error_decay * self.error[idx] + abs_error, self.error[idx])
 
     def coverage(self, idx: np.ndarray | None = None) -> dict[str, float]:
         """Empirical coverage so far, pooled over ``idx`` (default: all series).
