@@ -9,8 +9,9 @@
    ``simulate`` shadow from history (``prae.workloads.history``) that plays a sample-mode
    live run: the other variant's (``--history-from other``: the job's input changed) or
    its own (``same``: the job recurs as it was); these runs are the ones scored for them.
-2. Align: the shadow's telemetry at the progress the live run will reach ``H`` steps later
-   (``align_shadow_by_progress``, causal: a live step only sees shadow samples taken by then).
+2. Align: the shadow's telemetry over the progress the live run will cover in its sample
+   ``H`` steps later (``align_shadow_by_progress``: the mean of the shadow's samples over that
+   span; causal: a live step only sees shadow samples taken by then).
 3. Fine-tune ``Predictor.builtin()`` into two arms, identically (same windows, epochs and
    seeds) except that one sees a shadow channel and the other does not: first on real
    Bitbrains VMs (``--trace-series``; the "with" arm gets a synthetic shadow made from each

@@ -169,7 +169,7 @@ def test_alignment_picks_the_shadow_at_the_live_workloads_future_progress() -> N
     assert out.shape == (50, 4)
     # Step 20: live at 0.20, expected 0.30 after 10 steps -> the shadow's sample at 0.3.
     assert out[20, 0] == pytest.approx(3.0)
-    # Between shadow samples: the first one that reached the target progress.
+    # Between shadow samples: the one whose interval holds the span (0.34-0.35 in (0.3, 0.4]).
     assert out[25, 0] == pytest.approx(4.0)  # target 0.35 -> reached at 0.4
 
 
@@ -179,16 +179,16 @@ def test_alignment_is_nan_where_unknown_and_respects_time() -> None:
     live_p = np.array([np.nan, 0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
     out = align_shadow_by_progress(live_p, sh_p, sh_v, lead_steps=1)
     assert np.isnan(out[0]).all()  # live progress unknown
-    assert out[1, 0] == sh_v[1, 0]  # target 0.1 -> first sample at >= 0.1
-    assert out[3, 0] == sh_v[2, 0]  # target 0.3
+    assert out[1, 0] == sh_v[1, 0]  # span 0.1-0.1 (no rate yet) -> first sample at >= 0.1
+    assert out[3, 0] == pytest.approx(sh_v[2, 0])  # span 0.2-0.3, inside sample 2's (0.1, 0.3]
     assert np.isnan(out[6]).all() and np.isnan(out[7]).all()  # beyond 0.5, what the shadow saw
     # With timestamps a row only sees shadow samples taken by then.
     live_ts = np.array([0.0, 1.0, 2.0, 5.5, 6.0, 7.0, 8.0, 9.0])
     shadow_ts = np.array([0.0, 1.0, 5.0, 6.0, 7.0])
     causal = align_shadow_by_progress(live_p, sh_p, sh_v, 1, live_ts=live_ts, shadow_ts=shadow_ts)
     assert causal[1, 0] == sh_v[1, 0]
-    assert out[2, 0] == sh_v[2, 0] and np.isnan(causal[2]).all()  # 0.3 reached only at t=5
-    assert causal[3, 0] == sh_v[2, 0]  # at t=5.5 it has been seen
+    assert out[2, 0] == pytest.approx(sh_v[2, 0]) and np.isnan(causal[2]).all()  # 0.3 reached only at t=5
+    assert causal[3, 0] == pytest.approx(sh_v[2, 0])  # at t=5.5 it has been seen
 
 
 def test_alignment_rejects_bad_shapes() -> None:
@@ -199,12 +199,36 @@ def test_alignment_rejects_bad_shapes() -> None:
 
 
 def test_alignment_targets_the_middle_of_the_live_samples_interval() -> None:
-    """A live sample's rates average the interval that ends at it: the shadow is read at
-    the progress half a live step before the one reported (a finely sampled shadow whose
-    value is 1000 x its progress makes the point exact)."""
+    """A live sample's rates average the interval that ends at it: the shadow is read over
+    the progress of the step before the one reported. A finely sampled shadow whose rate is
+    1000 x its progress (each sample the mean of its own interval, 0.001 long) gives the
+    value at the interval's middle."""
     sh_p = np.linspace(0.0, 1.0, 1001)
-    sh_v = np.repeat((sh_p * 1000)[:, None], 4, axis=1)
+    sh_v = np.repeat((sh_p * 1000 - 0.5)[:, None], 4, axis=1)
     live_p = np.arange(0, 50) / 100.0
     out = align_shadow_by_progress(live_p, sh_p, sh_v, lead_steps=0)
-    assert out[20, 0] == pytest.approx(195.0)  # reported 0.20, the interval's middle 0.195
+    assert out[20, 0] == pytest.approx(195.0)  # reported 0.20, the interval 0.19-0.20
     assert align_shadow_by_progress(live_p, sh_p, sh_v, lead_steps=3)[20, 0] == pytest.approx(225.0)
+
+
+def test_alignment_averages_the_shadow_over_the_live_steps_span() -> None:
+    """A shadow sampled twice per live step that reads 0.1 and 0.3 over the two halves of
+    each step (CPU ticks at a short interval): every row is the step's mean, 0.2, not
+    whichever half held the middle; a NaN resource is averaged over the samples that know
+    it; a span the shadow has not yet passed the end of is not known."""
+    sh_p = np.arange(1, 41) / 40.0  # two samples per 0.05 of progress
+    sh_v = np.zeros((40, 4))
+    sh_v[:, 0] = np.tile([0.1, 0.3], 20)
+    sh_v[:, 1] = 5.0
+    sh_v[::2, 1] = np.nan  # mem known in every second sample only
+    live_p = np.arange(0, 19) * 0.05  # 0.05 per step
+    out = align_shadow_by_progress(live_p, sh_p, sh_v, lead_steps=2)
+    assert out[5:17, 0] == pytest.approx(np.full(12, 0.2))
+    assert out[5:17, 1] == pytest.approx(np.full(12, 5.0))
+    # causal: the row of step 10 (span 0.55-0.60) needs the sample at 0.60 (index 23)
+    shadow_ts = np.arange(40, dtype=float)
+    live_ts = np.full(19, 22.0)
+    assert np.isnan(align_shadow_by_progress(live_p, sh_p, sh_v, 2, live_ts=live_ts, shadow_ts=shadow_ts)[10]).all()
+    live_ts[10] = 23.0
+    causal = align_shadow_by_progress(live_p, sh_p, sh_v, 2, live_ts=live_ts, shadow_ts=shadow_ts)
+    assert causal[10, 0] == pytest.approx(0.2)

@@ -315,8 +315,8 @@ class WorkloadTracker:
 
         Why: the point forecast's level ratio sums the whole history's lead-0 alignment each
         tick, and aligning the whole history again cost ~0.7 ms per workload and tick at
-        1500 samples (bench/engine_tick.py). A row is final once it has a value (the first
-        shadow sample to reach a progress stays the first as samples are added) or its live
+        1500 samples (bench/engine_tick.py). A row is final once it has a value (the shadow
+        has been seen past the end of its span, and later samples lie beyond it) or its live
         progress is unknown (it never gets one); only rows from the first that is not final
         are aligned again, with their rate windows."""
         seen = (self.live.total, self.shadow.total)

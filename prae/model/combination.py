@@ -28,7 +28,7 @@ shadow's relative change between the progress the live run is at and the progres
 will reach at the target (see ``shadow_change``). It is weighed the same way, so it counts
 only where it has been good on *that* workload: a replayed trace's shadow follows the live
 curve closely; an ETL's 5 % shadow is dominated by start-up and is not followed.
-And ``shadow_level``: the shadow's value at the target's progress in live units
+And ``shadow_level``: the shadow's value over the target sample's progress in live units
 (times ``level_ratio``, the live run's sum over the shadow's at the same progress so far).
 Where the change is undefined -- a burst of disk writes from nothing, a replayed VM's
 network coming back from idle -- the level still says how much. Re-scoring the shadow
@@ -75,9 +75,9 @@ SHADOW_CHANGE_BOUNDS: tuple[float, float] = (0.2, 5.0)
 def shadow_change(last: np.ndarray, shadow_now: np.ndarray, shadow_ahead: np.ndarray) -> np.ndarray:
     """The last live value moved by the shadow's relative change.
 
-    last: the live workload's last value; shadow_now: the shadow at the progress the live
-    run is at; shadow_ahead: the shadow at the progress it will reach at the target (both
-    from ``align_shadow_by_progress``). Any equal shapes. Returns
+    last: the live workload's last value; shadow_now: the shadow over the progress of the
+    live run's last sample; shadow_ahead: the shadow over the progress the target's sample
+    will cover (both from ``align_shadow_by_progress``). Any equal shapes. Returns
     ``last * clip(ahead / now, *SHADOW_CHANGE_BOUNDS)``; ratio 1 where the shadow was 0
     and stays 0; NaN where the shadow does not know either point, or was 0 and rises
     (a ratio to 0 says nothing about the size).
