@@ -119,7 +119,7 @@ def align_shadow_by_progress(
     # matched the live run one step later (correlation 0.96 at a one-step shift, 0.18 at
     # none) in one run and without a shift in another.
     expected = _progress_rate(p_live, rate_window)
-    lo, mid, hi = expected(lead_steps - 2 * MIDPOINT), expected(lead_steps - MIDPOINT), expected(lead_steps)
+    lo, mid, hi = expected(lead_steps - 1), expected(lead_steps - MIDPOINT), expected(lead_steps)
     out = np.full((p_live.shape[0], v_sh.shape[1]), np.nan)
     known = ~np.isnan(p_sh)
     if not known.any():
@@ -166,8 +166,8 @@ def _span_means(
     does not depend on how many samples other spans cover): a row comes out the same
     whichever other rows are asked for (the engine aligns a few new rows at a time and
     must get what aligning the whole history gives, bit for bit). A call costs the samples
-    the spans cover -- about one per live step for a 5 % shadow sampled 5x as often --
-    not the shadow's whole history: with prefix sums over it a call took ~0.2-0.3 ms at
+    the spans cover -- one or two per span for a 5 % shadow sampled 5x as often (a quarter
+    of a sample per live step) -- not the shadow's whole history: with prefix sums over it a call took ~0.2-0.3 ms at
     4096 shadow samples, ~0.1 ms so (0.05 ms for the one sample at the middle before)."""
     last = len(reach) - 1
     first_k = np.minimum(np.searchsorted(reach, lo, side="left"), last)  # the sample holding lo
