@@ -167,8 +167,9 @@ def _span_means(
     whichever other rows are asked for (the engine aligns a few new rows at a time and
     must get what aligning the whole history gives, bit for bit). A call costs the samples
     the spans cover -- one or two per span for a 5 % shadow sampled 5x as often (a quarter
-    of a sample per live step) -- not the shadow's whole history: with prefix sums over it a call took ~0.2-0.3 ms at
-    4096 shadow samples, ~0.1 ms so (0.05 ms for the one sample at the middle before)."""
+    of a sample per live step) -- not the shadow's whole history: with prefix sums over
+    it a call took ~0.2-0.3 ms at 4096 shadow samples, ~0.1 ms so (0.05 ms for the one
+    sample at the middle before)."""
     last = len(reach) - 1
     first_k = np.minimum(np.searchsorted(reach, lo, side="left"), last)  # the sample holding lo
     last_k = np.minimum(np.searchsorted(reach, hi, side="left"), last)
