@@ -56,6 +56,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="serve the LSTM's own q0.5 (the checkpoint's median head is set aside)",
     )
+    ap.add_argument(
+        "--analog-weight",
+        type=float,
+        default=None,
+        help="the analog quantiles' share (default prae.model.combination.ANALOG_WEIGHT; 0 = off)",
+    )
     args = ap.parse_args(argv)
 
     t0 = time.perf_counter()
@@ -71,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         lead_s=900.0,
         retrain_every_s=args.retrain_every_s or None,
         promotion=PromotionRule(always=args.always_promote),
+        **({} if args.analog_weight is None else {"analog_weight": args.analog_weight}),
     )
 
     t1 = time.perf_counter()

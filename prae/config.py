@@ -123,8 +123,9 @@ class PredictorSpec:
     num_replicas: int = 1
     use_gpu: bool = False
     max_batch_size: int = 4096  # workloads per vectorised request
-    # The analog point candidate (prae.model.analogs): off saves its search, ~0.7 ms per
-    # workload and tick (README), for a median that is worse on bursty workloads.
+    # The analog point candidate and quantiles (prae.model.analogs): off saves its search,
+    # ~0.7 ms per workload and tick (README), for a median that is worse on bursty
+    # workloads and intervals from the model alone.
     analog_candidate: bool = True
 
 

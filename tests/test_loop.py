@@ -310,12 +310,31 @@ def test_tracker_searches_the_analog_candidate_unless_the_config_turns_it_off(tm
         sample = TelemetrySample(ts=float(t), cpu=v, mem=1.0, disk=1.0, net=1.0)
         on.live.extend([sample])
         off.live.extend([sample])
-    cand_on, _ = on.point_inputs(raw_median, 2)
-    cand_off, _ = off.point_inputs(raw_median, 2)
+    cand_on, _, analog_on = on.point_inputs(raw_median, 2)
+    cand_off, _, analog_off = off.point_inputs(raw_median, 2)
     cpu = RESOURCES.index("cpu")
     assert cand_on[cpu, col] == shape[(59 + 2) % 6]  # the shape two steps on: 1.0 after ...4, 2
     assert np.isnan(cand_off[:, col]).all()
     np.testing.assert_array_equal(np.delete(cand_on, col, axis=1), np.delete(cand_off, col, axis=1))
+    # 60 samples hold fewer than ANALOG_SPREAD past moments: no analog quantiles yet, either way
+    assert np.isnan(analog_on).all() and np.isnan(analog_off).all()
+    # 420 do: the quantiles of what followed the 60 moments most like now (here the same
+    # phase of the shape, two steps on: 1.0), and the forecast calibrates the model's
+    # quantiles moved onto the chosen median and blended with them
+    from prae.model.combination import blend_analog, centre_on
+
+    for tr in (on, off):
+        tr.live.extend([TelemetrySample(ts=float(t), cpu=shape[t % 6], mem=1.0, disk=1.0, net=1.0) for t in range(60, 420)])
+    cand_on, _, analog_on = on.point_inputs(raw_median, 2)
+    assert analog_on[cpu].tolist() == [shape[(419 + 2) % 6]] * len(QUANTILES)
+    raw = np.sort(np.random.default_rng(0).gamma(2.0, 1.0, (len(RESOURCES), len(QUANTILES))), axis=-1)
+    fc = on.point_forecast(raw, 2)
+    cand = on.point_inputs(raw[:, QUANTILES.index(0.5)], 2).candidates
+    want = blend_analog(centre_on(raw, on.state.median.select(np.array([0]), cand[None])[0]), analog_on)
+    np.testing.assert_array_equal(fc.centred, want)
+    assert not np.allclose(fc.centred, centre_on(raw, fc.centred[:, QUANTILES.index(0.5)]))
+    fc_off = off.point_forecast(raw, 2)
+    np.testing.assert_array_equal(fc_off.centred, centre_on(raw, fc_off.centred[:, QUANTILES.index(0.5)]))
 
     cfg = parse_config(
         {"predictor": {"analog_candidate": False}, "workloads": [{"name": "a", "kind": "etl"}]}, "t.yaml"

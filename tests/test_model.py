@@ -465,7 +465,7 @@ def test_analog_candidate_follows_the_series_own_burst_shape() -> None:
         x += shape.tolist()
     y = np.array(x)[:, None] + rng.normal(0, 0.02, (len(x), 1))
     lead = 3
-    track = analog_track(y, lead)[:, 0]
+    track = analog_track(y, lead).median[:, 0]
     late = [s for s in starts if s > 1500 and s + 10 < len(y)]
     np.testing.assert_allclose(track[[s + 1 for s in late]], 4.0, atol=0.1)  # target s + 4: on
     np.testing.assert_allclose(track[[s + 4 for s in late]], 1.0, atol=0.1)  # target s + 7: off
@@ -475,21 +475,21 @@ def test_analog_candidate_follows_the_series_own_burst_shape() -> None:
     first = np.flatnonzero(~np.isnan(track))[0]
     assert first == lead + ANALOG_PATTERN + ANALOG_NEIGHBOURS - 2
     # a flat series ties everywhere: the newest outcomes, i.e. the flat value
-    flat = analog_track(np.full((200, 1), 3.0), lead)[:, 0]
+    flat = analog_track(np.full((200, 1), 3.0), lead).median[:, 0]
     assert np.isnan(flat[:first]).all() and (flat[first:] == 3.0).all()
     # a missing value: rows whose own pattern holds it get none; the rest go on
     gap = y.copy()
     gap[2000, 0] = np.nan
-    track_gap = analog_track(gap, lead)[:, 0]
+    track_gap = analog_track(gap, lead).median[:, 0]
     assert np.isnan(track_gap[2000 : 2000 + ANALOG_PATTERN]).all()
     assert not np.isnan(track_gap[2000 + ANALOG_PATTERN :]).any()
 
 
 def test_analog_candidate_is_causal_and_the_engine_gets_the_backtests_rows() -> None:
     """``analog_track`` (the backtest, all rows at once) and ``analog_now`` (the engine, the
-    newest row of a bounded buffer) agree bit for bit, and data after row t changes no
-    candidate issued at or before t. ``history_track`` / ``HistoryNow`` put the seasonal
-    ones and the analog side by side."""
+    newest row of a bounded buffer) agree bit for bit, the median and the quantiles, and
+    data after row t changes nothing issued at or before t. ``history_track`` /
+    ``HistoryNow`` put the seasonal ones and the analog side by side."""
     from prae.model.analogs import analog_now, analog_reach, analog_track
     from prae.model.history import HISTORY, HistoryNow, history_track
 
@@ -498,26 +498,88 @@ def test_analog_candidate_is_causal_and_the_engine_gets_the_backtests_rows() -> 
     y = rng.lognormal(0, 1, (t, 4))
     y[700:705, 1] = np.nan
     track = analog_track(y, lead)
+    assert track.median.shape == (t, 4) and track.quantiles.shape == (t, 4, len(QUANTILES))
     buffer = analog_reach(lead)  # the engine keeps at least this many rows
-    for i in list(range(60)) + list(range(690, 730)) + list(range(2000, 2100)) + [t - 1]:
+    for i in list(range(80)) + list(range(690, 730)) + list(range(2000, 2100)) + [t - 1]:
         got = analog_now(y[max(0, i + 1 - buffer) : i + 1], lead)
-        np.testing.assert_array_equal(got, track[i], err_msg=f"row {i}")
+        np.testing.assert_array_equal(got.median, track.median[i], err_msg=f"row {i}")
+        np.testing.assert_array_equal(got.quantiles, track.quantiles[i], err_msg=f"row {i}")
     y2 = y.copy()
     y2[1700:] *= 5.0
-    np.testing.assert_array_equal(analog_track(y2, lead)[:1700], track[:1700])
-    assert not np.allclose(analog_track(y2, lead)[1800:], track[1800:])
+    track2 = analog_track(y2, lead)
+    for a, b in zip(track2, track, strict=True):
+        np.testing.assert_array_equal(a[:1700], b[:1700])
+        assert not np.allclose(a[1800:], b[1800:])
 
     hist = history_track(y[:400], lead, 300.0)
-    assert hist.shape == (400, 4, len(HISTORY)) and HISTORY[-1] == "analog"
-    np.testing.assert_array_equal(hist[..., -1], track[:400])
+    assert hist.candidates.shape == (400, 4, len(HISTORY)) and HISTORY[-1] == "analog"
+    np.testing.assert_array_equal(hist.candidates[..., -1], track.median[:400])
+    np.testing.assert_array_equal(hist.analog_quantiles, track.quantiles[:400])
     now = HistoryNow(4)
     for i in range(400):
-        np.testing.assert_array_equal(now(y[: i + 1], i + 1, lead, 300.0), hist[i], err_msg=f"row {i}")
-    # without the analog (predictor.analog_candidate: false): its column NaN, the rest as they were
+        got = now(y[: i + 1], i + 1, lead, 300.0)
+        np.testing.assert_array_equal(got.candidates, hist.candidates[i], err_msg=f"row {i}")
+        np.testing.assert_array_equal(got.analog_quantiles, hist.analog_quantiles[i], err_msg=f"row {i}")
+    # without the analog (predictor.analog_candidate: false): its column and quantiles NaN,
+    # the rest as they were
     off = history_track(y[:400], lead, 300.0, analog=False)
-    assert np.isnan(off[..., -1]).all()
-    np.testing.assert_array_equal(off[..., :-1], hist[..., :-1])
-    assert np.isnan(HistoryNow(4, analog=False)(y[:400], 400, lead, 300.0)[:, -1]).all()
+    assert np.isnan(off.candidates[..., -1]).all() and np.isnan(off.analog_quantiles).all()
+    np.testing.assert_array_equal(off.candidates[..., :-1], hist.candidates[..., :-1])
+    off_now = HistoryNow(4, analog=False)(y[:400], 400, lead, 300.0)
+    assert np.isnan(off_now.candidates[:, -1]).all() and np.isnan(off_now.analog_quantiles).all()
+
+
+def test_analog_quantiles_are_the_outcomes_of_the_nearest_moments() -> None:
+    """A series whose next value depends on where it is in a 6-step cycle, plus noise: the
+    analog quantiles of a row are the ``QUANTILES`` of the outcomes of its
+    ``ANALOG_SPREAD`` nearest moments, which here are the moments at the same phase, so
+    they match the spread of that phase's outcomes and no other. None before
+    ``ANALOG_SPREAD`` moments with known outcomes exist."""
+    from prae.model.analogs import ANALOG_PATTERN, ANALOG_SPREAD, analog_track
+
+    rng = np.random.default_rng(5)
+    cycle = np.array([1.0, 1.0, 2.0, 8.0, 3.0, 1.0])
+    t, lead = 1500, 2
+    phase = np.arange(t) % 6
+    y = (cycle[phase] * rng.lognormal(0, 0.1, t))[:, None]
+    found = analog_track(y, lead)
+    first = np.flatnonzero(~np.isnan(found.quantiles[:, 0, 0]))[0]
+    assert first == lead + ANALOG_PATTERN + ANALOG_SPREAD - 2
+    for row in (1200, 1201, 1203, 1499):
+        q = found.quantiles[row, 0]
+        # brute force: the same distance (sum of absolute differences over the pattern)
+        pat = y[row - ANALOG_PATTERN + 1 : row + 1, 0]
+        moments = np.arange(max(ANALOG_PATTERN - 1, row - lead - 2016), row - lead + 1)
+        dist = np.array([np.abs(y[m - ANALOG_PATTERN + 1 : m + 1, 0] - pat).sum() for m in moments])
+        order = np.lexsort((-moments, dist))[:ANALOG_SPREAD]  # nearest, ties newest first
+        want = np.quantile(y[moments[order] + lead, 0], QUANTILES)
+        np.testing.assert_allclose(q, want, rtol=1e-12)
+        # the nearest moments are at the target's phase: its level, not the other phases'
+        target_level = cycle[(row + lead) % 6]
+        assert target_level * 0.7 < q[0] <= q[-1] < target_level * 1.4
+        assert (np.diff(q) >= 0).all()
+
+
+def test_blend_analog_averages_levels_on_the_chosen_median() -> None:
+    """The worked number of the docstring; a row without analog quantiles keeps the
+    model's; the median stays exactly the chosen one; weight 0 is the model's, 1 the
+    analog's moved onto the median; a weight outside [0, 1] names the rule."""
+    from prae.model.combination import blend_analog
+
+    levels = (0.1, 0.5, 0.9)
+    model = np.array([[8.0, 10.0, 12.0], [1.0, 2.0, 3.0]])
+    analog = np.array([[5.0, 6.0, 14.0], [np.nan, np.nan, np.nan]])
+    out = blend_analog(model, analog, 0.75, levels)
+    np.testing.assert_allclose(out[0], [8.75, 10.0, 16.5])
+    np.testing.assert_array_equal(out[1], model[1])
+    np.testing.assert_array_equal(blend_analog(model, analog, 0.0, levels), model)
+    np.testing.assert_allclose(blend_analog(model, analog, 1.0, levels)[0], [9.0, 10.0, 18.0])
+    # rounding never moves the median off the chosen one, nor a level across it
+    med = 0.1 + 0.2
+    out = blend_analog(np.array([med, med, med]), np.array([0.3, 0.7, 0.9]), 0.7, levels)
+    assert out[1] == med and out[0] <= med <= out[2]
+    with pytest.raises(ValueError, match=r"analog weight must be in \[0, 1\]"):
+        blend_analog(model, analog, 1.5, levels)
 
 
 def test_median_selector_weighs_candidates_by_their_relative_error() -> None:

@@ -75,7 +75,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-analog",
         action="store_true",
-        help="leave out the analog point candidate (as predictor.analog_candidate: false does live)",
+        help="leave out the analog point candidate and quantiles (as predictor.analog_candidate: false does live)",
+    )
+    parser.add_argument(
+        "--analog-weight",
+        type=float,
+        default=None,
+        help="the analog quantiles' share of the quantiles calibrated, in [0, 1] "
+        "(default prae.model.combination.ANALOG_WEIGHT: 0.75; 0 = the model's alone)",
     )
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     # --simulate-cluster and its options (added by the allocator/simulator owner: prae/simulate/cli.py)
@@ -123,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
             warmup_s=args.warmup_s,
             tail_resources=tails,
             analog=not args.no_analog,
+            **({} if args.analog_weight is None else {"analog_weight": args.analog_weight}),
         )
         t_load = time.perf_counter() - t0
         result = run_backtest(series, predictor, cfg)

@@ -10,7 +10,8 @@ policy sees the forecasts issued at t. ``run_backtest`` is a list of named, time
     point       per series, the median is the model's, the last value's, the seasonal
                 candidates' and the analog's (prae.model.history), weighted by their recent
                 resolved errors (prae.model.combination); the model's quantiles are moved
-                onto it
+                onto it and blended with the analog quantiles (the outcomes of the
+                moments of the series' own week most like now)
     calibrate   online conformal adjustment, step by step, vectorised over series
     tail        per series, cpu, disk and net take the levels >= q0.9 from an anchor (the
                 last value; cpu's peak of the last hour) plus the series' own recent
@@ -37,8 +38,14 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from prae.backtest.baselines import all_baselines, last_value, window_max
 from prae.model.calibration import ERROR_HALF_LIFE, CalibrationBank
-from prae.model.combination import MedianSelector, centre_on, point_candidates
-from prae.model.history import HISTORY, history_track
+from prae.model.combination import (
+    ANALOG_WEIGHT,
+    MedianSelector,
+    blend_analog,
+    centre_on,
+    point_candidates,
+)
+from prae.model.history import HISTORY, HistoryRows, history_track
 from prae.model.predictor import Predictor
 from prae.model.promotion import Comparison, PromotionRule, compare, judge
 from prae.model.tails import (
@@ -78,6 +85,7 @@ class BacktestConfig:
     extra_budgets: tuple[float, ...] = (0.01, 0.05)  # policy also run at these (metrics)
     median_half_life: float | None = 288.0  # MedianSelector memory (outcomes); None: off
     analog: bool = True  # the analog point candidate (prae.model.analogs); the engine's predictor.analog_candidate
+    analog_weight: float = ANALOG_WEIGHT  # the analog quantiles' share (combination.blend_analog); 0: off
     tail_resources: tuple[str, ...] = TAIL_RESOURCES  # TailSelector may choose for these; (): off
     tail_half_life: float = TAIL_HALF_LIFE
     increment_window: int = INCREMENT_WINDOW
@@ -99,6 +107,8 @@ class BacktestConfig:
             )
         if not 0 < self.violation_target < 1:
             raise ValueError(f"--violation-target must be in (0, 1), got {self.violation_target}")
+        if not 0 <= self.analog_weight <= 1:
+            raise ValueError(f"--analog-weight must be in [0, 1], got {self.analog_weight}")
         return int(round(lead))
 
 
@@ -280,14 +290,19 @@ def forecast(
     return raw, versions, logs
 
 
-def choose_median(grid: Grid, raw: np.ndarray, cfg: BacktestConfig, lead: int) -> np.ndarray:
+def choose_median(
+    grid: Grid, raw: np.ndarray, cfg: BacktestConfig, lead: int, history: np.ndarray | None = None
+) -> np.ndarray:
     """Point forecasts (S, T, R): per series, the model's median, the last value and the
-    candidates of its own history (``prae.model.history``) weighted by their recent resolved errors
-    (``MedianSelector``). At step t it learns from the targets that arrived at t (issued
-    at t - lead), then weighs the forecasts issued at t."""
+    candidates of its own history (``prae.model.history``; ``history`` (S, T, R, H) if
+    already found) weighted by their recent resolved errors (``MedianSelector``). At step
+    t it learns from the targets that arrived at t (issued at t - lead), then weighs the
+    forecasts issued at t."""
     i50 = QUANTILES.index(0.5)
     s_n, t_n, r_n = raw.shape[:3]
-    cand = point_candidates(raw[..., i50], last_value(grid.y), history=history_grid(grid, lead, analog=cfg.analog))
+    if history is None:
+        history = history_grid(grid, lead, analog=cfg.analog).candidates
+    cand = point_candidates(raw[..., i50], last_value(grid.y), history=history)
     if cfg.median_half_life is None:
         return cand[..., 0]
     sel = MedianSelector(s_n, r_n, half_life=cfg.median_half_life, n_candidates=cand.shape[-1])
@@ -303,16 +318,20 @@ def choose_median(grid: Grid, raw: np.ndarray, cfg: BacktestConfig, lead: int) -
     return out
 
 
-def history_grid(grid: Grid, lead: int, *, analog: bool = True) -> np.ndarray:
-    """(S, T, R, 4): ``history_track`` of each series over its own rows (row 0 its first),
-    the series on a thread per CPU: numpy lets go of the GIL in most of the analog's search
-    (40 validation VMs took 24 s on this project's two cores, ~54 s on one thread), and
-    each series' rows are its own, so the result does not depend on the order."""
-    out = np.full((*grid.y.shape, len(HISTORY)), np.nan)
+def history_grid(grid: Grid, lead: int, *, analog: bool = True) -> HistoryRows:
+    """``history_track`` of each series over its own rows (row 0 its first): candidates
+    (S, T, R, H), analog quantiles (S, T, R, Q). The series on a thread per CPU: numpy
+    lets go of the GIL in most of the analog's search (40 validation VMs took 24 s on this
+    project's two cores, ~54 s on one thread), and each series' rows are its own, so the
+    result does not depend on the order."""
+    out = HistoryRows(
+        np.full((*grid.y.shape, len(HISTORY)), np.nan), np.full((*grid.y.shape, len(QUANTILES)), np.nan)
+    )
 
     def one(i: int) -> None:
         off, n = int(grid.offsets[i]), int(grid.lengths[i])
-        out[i, off : off + n] = history_track(grid.y[i, off : off + n], lead, grid.step_s, analog=analog)
+        rows = history_track(grid.y[i, off : off + n], lead, grid.step_s, analog=analog)
+        out.candidates[i, off : off + n], out.analog_quantiles[i, off : off + n] = rows
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         list(pool.map(one, range(len(grid.series_ids))))
@@ -442,12 +461,17 @@ def run_backtest(series: list[Series], predictor: Predictor, cfg: BacktestConfig
     # of which retraining (the rest is batched inference)
     timings["retrain"] = round(sum(log.get("seconds", 0.0) for log in logs), 3)
 
-    # before calibration: the model's quantiles are moved onto the chosen median, and the
-    # calibration adjusts (and learns from) those, so the interval follows the median
+    # before calibration: the model's quantiles are moved onto the chosen median and
+    # blended with the analog quantiles, and the calibration adjusts (and learns from)
+    # those, so the interval follows the median
     t0 = time.perf_counter()
+    history = history_grid(grid, lead, analog=cfg.analog)
     centred = raw
     if cfg.median_half_life is not None:
-        centred = centre_on(raw, choose_median(grid, raw, cfg, lead))
+        centred = centre_on(raw, choose_median(grid, raw, cfg, lead, history.candidates))
+    if cfg.analog_weight > 0:
+        centred = blend_analog(centred, history.analog_quantiles, cfg.analog_weight)
+    del history
     timed("point", t0)
 
     t0 = time.perf_counter()

@@ -27,6 +27,7 @@ from prae.model.combination import (
     CANDIDATES,
     ChoiceRecord,
     MedianSelector,
+    blend_analog,
     centre_on,
     level_sums,
     point_candidates,
@@ -144,13 +145,23 @@ class Series:
         return float(times[i]), values[i].copy()
 
 
+class PointInputs(NamedTuple):
+    """What a workload's own history gives a forecast: the point candidates (R, K), the
+    tail anchor (R,) and the analog quantiles (R, Q) (NaN until ``ANALOG_SPREAD`` past
+    moments are known, ``prae.model.analogs``, or with the analog search off)."""
+
+    candidates: np.ndarray
+    anchor: np.ndarray
+    analog_quantiles: np.ndarray
+
+
 class IssuedForecast(NamedTuple):
     """What ``issue_forecasts`` issues: the quantiles (R, Q) to act on, and what to score
     when the target comes: the point candidates (R, K), the tails (R, 2, Q), the anchor
     (R,) the increments' tail was measured from, the calibration's own quantiles (R, Q)
     before the tail's choice (its coverage and adaptive levels count those, as the
     backtest's), and what it calibrated: the model's quantiles moved onto the chosen median
-    (R, Q), which it learns from."""
+    and blended with the analog quantiles (R, Q), which it learns from."""
 
     quantiles: np.ndarray
     candidates: np.ndarray
@@ -357,21 +368,20 @@ class WorkloadTracker:
         """``issue_forecasts`` for this workload alone: raw (R, Q) the model's."""
         return issue_forecasts([self], np.asarray(raw)[None], lead_steps)[0]
 
-    def point_inputs(self, raw_median: np.ndarray, lead_steps: int) -> tuple[np.ndarray, np.ndarray]:
+    def point_inputs(self, raw_median: np.ndarray, lead_steps: int) -> PointInputs:
         """What the choices need from this workload's history for a forecast ``lead_steps``
-        ahead whose model median is ``raw_median`` (R,): the point candidates (R, K) and
-        the tail anchor (R,)."""
+        ahead whose model median is ``raw_median`` (R,)."""
         nan = np.full(len(RESOURCES), np.nan)
         last = np.array(self.live.values[-1]) if len(self.live) else nan
         now, ahead, ratio = nan, nan, nan
-        history = None
+        history, analog = None, np.full((len(RESOURCES), len(QUANTILES)), np.nan)
         if len(self.live):
             now, ahead = self.aligned_now()[-1], self.aligned_shadow(lead_steps, rows=1)[-1]
             ratio = self.level_ratio_now()
             # the samples are the steps: a sampler running late stretches a period a little
-            history = self._history(self.live.values, self.live.total, lead_steps, self.interval_s)
+            history, analog = self._history(self.live.values, self.live.total, lead_steps, self.interval_s)
         cand = point_candidates(np.asarray(raw_median, dtype=float), last, now, ahead, ratio, history=history)
-        return cand, tail_anchor(last, self.live.peak(ANCHOR_PEAK_S))
+        return PointInputs(cand, tail_anchor(last, self.live.peak(ANCHOR_PEAK_S)), analog)
 
     def choice_record(self) -> ChoiceRecord:
         """What the point-forecast choice has learnt, for the workload's next run."""
@@ -432,7 +442,8 @@ def issue_forecasts(trackers: Sequence[WorkloadTracker], raw: np.ndarray, lead_s
     """The forecasts ``lead_steps`` ahead of workloads that share one ``LearningState``,
     in one call of each choice and of the calibration, as the backtest issues them: raw
     (n, R, Q) the model's. Each one's median is chosen from the candidates, the model's
-    quantiles are moved onto it (``centre_on``) and calibrated, then its tail is chosen
+    quantiles are moved onto it (``centre_on``), blended with the analog quantiles of its
+    own history (``blend_analog``) and calibrated, then its tail is chosen
     (``TailChoice``). The tail comes after the median: levels under a median the shadow
     foresaw are raised to it."""
     if not trackers:
@@ -442,9 +453,10 @@ def issue_forecasts(trackers: Sequence[WorkloadTracker], raw: np.ndarray, lead_s
     raw = np.asarray(raw, dtype=np.float64)
     i50 = QUANTILES.index(0.5)
     inputs = [t.point_inputs(raw[i, :, i50], lead_steps) for i, t in enumerate(trackers)]
-    cand = np.stack([c for c, _ in inputs])
-    anchor = np.stack([a for _, a in inputs])
-    centred = centre_on(raw, state.median.select(slots, cand))
+    cand = np.stack([p.candidates for p in inputs])
+    anchor = np.stack([p.anchor for p in inputs])
+    analog = np.stack([p.analog_quantiles for p in inputs])
+    centred = blend_analog(centre_on(raw, state.median.select(slots, cand)), analog)
     calibrated = state.calibration.adjust(slots, centred)
     quantiles, tails = state.tails.issue(slots, calibrated, anchor)
     return [

@@ -1,5 +1,7 @@
-"""The point-forecast candidates a series' own history gives, in ``HISTORY`` order: the
-seasonal ones (``prae.model.seasonal``) and the analog one (``prae.model.analogs``).
+"""What a series' own history gives each forecast: the point-forecast candidates, in
+``HISTORY`` order -- the seasonal ones (``prae.model.seasonal``) and the analog one
+(``prae.model.analogs``) -- and the analog quantiles (the outcomes of the moments most
+like now, ``prae.model.combination.blend_analog``).
 
 One place for the backtest (every row of a series at once: ``history_track``) and the live
 engine (a workload's newest row each tick: ``HistoryNow``), which agree row for row.
@@ -7,21 +9,36 @@ engine (a workload's newest row each tick: ``HistoryNow``), which agree row for 
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from prae.model.analogs import ANALOG, analog_now, analog_track
 from prae.model.seasonal import SEASONAL, SeasonalNow, seasonal_track
+from prae.resources import QUANTILES
 
 HISTORY: tuple[str, ...] = (*SEASONAL, *ANALOG)
 
 
-def history_track(y: np.ndarray, lead: int, step_s: float, *, analog: bool = True) -> np.ndarray:
-    """y (T, R) one series on a regular grid of ``step_s``, row 0 its first -> (T, R, H):
-    the candidates issued at each row for row + lead, from rows <= t only. ``analog``
-    False: that column NaN (no weight in the choice) and its search not run."""
+class HistoryRows(NamedTuple):
+    """candidates (..., R, H) in ``HISTORY`` order; analog_quantiles (..., R, Q)."""
+
+    candidates: np.ndarray
+    analog_quantiles: np.ndarray
+
+
+def history_track(y: np.ndarray, lead: int, step_s: float, *, analog: bool = True) -> HistoryRows:
+    """y (T, R) one series on a regular grid of ``step_s``, row 0 its first -> candidates
+    (T, R, H) and analog quantiles (T, R, Q) issued at each row for row + lead, from rows
+    <= t only. ``analog`` False: the analog's column and quantiles NaN (no weight in the
+    choice, the model's quantiles alone) and its search not run."""
     y = np.asarray(y, dtype=np.float64)
-    found = analog_track(y, lead) if analog else np.full(y.shape, np.nan)
-    return np.concatenate([seasonal_track(y, lead, step_s), found[..., None]], axis=-1)
+    if analog:
+        found = analog_track(y, lead)
+        median, quantiles = found.median, found.quantiles
+    else:
+        median, quantiles = np.full(y.shape, np.nan), np.full((*y.shape, len(QUANTILES)), np.nan)
+    return HistoryRows(np.concatenate([seasonal_track(y, lead, step_s), median[..., None]], axis=-1), quantiles)
 
 
 class HistoryNow:
@@ -32,9 +49,15 @@ class HistoryNow:
         self._seasonal = SeasonalNow(n_resources)
         self._analog = analog
 
-    def __call__(self, values: np.ndarray, total: int, lead: int, step_s: float) -> np.ndarray:
+    def __call__(self, values: np.ndarray, total: int, lead: int, step_s: float) -> HistoryRows:
         """values: (n, R) the newest rows kept of a series that has had ``total`` rows, the
-        last being the newest. Returns (R, H): the candidates issued now for ``lead`` rows on."""
+        last being the newest. Returns the candidates (R, H) and analog quantiles (R, Q)
+        issued now for ``lead`` rows on."""
         seasonal = self._seasonal(values, total, lead, step_s)
-        found = analog_now(values, lead) if self._analog else np.full(seasonal.shape[0], np.nan)
-        return np.concatenate([seasonal, found[:, None]], axis=-1)
+        r_n = seasonal.shape[0]
+        if self._analog:
+            found = analog_now(values, lead)
+            median, quantiles = found.median, found.quantiles
+        else:
+            median, quantiles = np.full(r_n, np.nan), np.full((r_n, len(QUANTILES)), np.nan)
+        return HistoryRows(np.concatenate([seasonal, median[:, None]], axis=-1), quantiles)
