@@ -155,10 +155,10 @@ def _analog_rows(p: _Prepared, start: int, stop: int, lead: int) -> AnalogRows:
     return _outcomes_of_nearest(dist, p.own_known[:, s0 + m - 1 : s1], p.values, p.pad + start)
 
 
-def _nearest(d: np.ndarray, k: int) -> np.ndarray:
-    """Positions of the ``k`` smallest of each row of d (N, L), ties at the k-th taken
-    newest (lowest position) first: (N, k), ascending positions."""
-    kth = np.partition(d, k - 1, axis=-1)[:, k - 1 : k]
+def _nearest(d: np.ndarray, kth: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the ``k`` smallest of each row of d (N, L), whose k-th smallest is
+    ``kth`` (N, 1); ties at the k-th taken newest (lowest position) first: (N, k),
+    ascending positions."""
     take = d <= kth
     tied = take.sum(axis=-1) > k  # ties at the k-th: the newest of them
     if tied.any():
@@ -178,19 +178,28 @@ def _outcomes_of_nearest(dist: np.ndarray, own: np.ndarray, values: np.ndarray, 
     neighbours are needed (the quantiles need ``ANALOG_SPREAD``)."""
     out = AnalogRows(np.full(own.shape[::-1], np.nan), np.full((*own.shape[::-1], len(QUANTILES)), np.nan))
     usable = np.isfinite(dist).sum(axis=-1)  # (R, n)
+    ok = own & (usable >= ANALOG_NEIGHBOURS)
+    if not ok.any():
+        return out
+    d = dist[ok]  # (N, lib + 1), the newest moment first
+    # one partition finds both k-th distances (a second one cost ~0.1 ms per engine call)
+    ks = sorted({ANALOG_NEIGHBOURS, min(ANALOG_SPREAD, d.shape[-1])})
+    part = np.partition(d, [k - 1 for k in ks], axis=-1)
+    r_idx, i_idx = np.nonzero(ok)
     for k in (ANALOG_NEIGHBOURS, ANALOG_SPREAD):
-        ok = own & (usable >= k)
-        if not ok.any():
+        rows = usable[ok] >= k
+        if not rows.any():
             continue
-        near = _nearest(dist[ok], k)  # (N, k), the newest moment first
+        every = bool(rows.all())  # the usual case: no copies
+        near = _nearest(d if every else d[rows], part[:, k - 1 : k] if every else part[rows, k - 1 : k], k)
         # the outcome of moment j back is the value at l + lead = row - j
-        r_idx, i_idx = np.nonzero(ok)
-        vals = values[r_idx[:, None], first + i_idx[:, None] - near]
+        where = (r_idx, i_idx) if every else (r_idx[rows], i_idx[rows])  # (R, n) positions
+        vals = values[where[0][:, None], first + where[1][:, None] - near]
         vals.sort(axis=-1)
         if k == ANALOG_NEIGHBOURS:
-            out.median.T[ok] = (vals[:, (k - 1) // 2] + vals[:, k // 2]) / 2
+            out.median.T[where] = (vals[:, (k - 1) // 2] + vals[:, k // 2]) / 2
         else:
-            out.quantiles.transpose(1, 0, 2)[ok] = _sorted_quantiles(vals, QUANTILES)
+            out.quantiles.transpose(1, 0, 2)[where] = _sorted_quantiles(vals, QUANTILES)
     return out
 
 
