@@ -531,11 +531,11 @@ def test_analog_candidate_is_causal_and_the_engine_gets_the_backtests_rows() -> 
 
 def test_analog_quantiles_are_the_outcomes_of_the_nearest_moments() -> None:
     """A series whose next value depends on where it is in a 6-step cycle, plus noise: the
-    analog quantiles of a row are the ``QUANTILES`` of the outcomes of its
-    ``ANALOG_SPREAD`` nearest moments, which here are the moments at the same phase, so
-    they match the spread of that phase's outcomes and no other. None before
-    ``ANALOG_SPREAD`` moments with known outcomes exist."""
-    from prae.model.analogs import ANALOG_PATTERN, ANALOG_SPREAD, analog_track
+    analog quantiles of a row are the mean of the ``QUANTILES`` of the outcomes of its
+    ``ANALOG_CLOSE`` and of its ``ANALOG_SPREAD`` nearest moments, which here are the
+    moments at the same phase, so they match the spread of that phase's outcomes and no
+    other. None before ``ANALOG_SPREAD`` moments with known outcomes exist."""
+    from prae.model.analogs import ANALOG_CLOSE, ANALOG_PATTERN, ANALOG_SPREAD, analog_track
 
     rng = np.random.default_rng(5)
     cycle = np.array([1.0, 1.0, 2.0, 8.0, 3.0, 1.0])
@@ -551,8 +551,9 @@ def test_analog_quantiles_are_the_outcomes_of_the_nearest_moments() -> None:
         pat = y[row - ANALOG_PATTERN + 1 : row + 1, 0]
         moments = np.arange(max(ANALOG_PATTERN - 1, row - lead - 2016), row - lead + 1)
         dist = np.array([np.abs(y[m - ANALOG_PATTERN + 1 : m + 1, 0] - pat).sum() for m in moments])
-        order = np.lexsort((-moments, dist))[:ANALOG_SPREAD]  # nearest, ties newest first
-        want = np.quantile(y[moments[order] + lead, 0], QUANTILES)
+        order = np.lexsort((-moments, dist))  # nearest first, ties newest first
+        outcome = y[moments[order] + lead, 0]
+        want = (np.quantile(outcome[:ANALOG_CLOSE], QUANTILES) + np.quantile(outcome[:ANALOG_SPREAD], QUANTILES)) / 2
         np.testing.assert_allclose(q, want, rtol=1e-12)
         # the nearest moments are at the target's phase: its level, not the other phases'
         target_level = cycle[(row + lead) % 6]

@@ -32,20 +32,24 @@ row to row (each node of ``_window_sums``' tree is the same for every row that u
 tried: bit for bit the same, 0.18 ms in the micro-bench, but the loop's tick only went from
 167 to 157 ms at 100 workloads, for ~1-2 MB of kept sums per workload. Not kept.
 
-The same search gives the **analog quantiles**: the ``QUANTILES`` of the outcomes of the
-``ANALOG_SPREAD`` (60) closest moments, NaN until that many are known. They say how far
-this workload's next value strays from moments like now, and how often:
-``prae.model.combination.blend_analog`` averages them with the model's quantiles before
-the calibration. Chosen on the 40 validation VMs, replaying the backtest's stored forecasts through the
-blend, the calibration and the allocation (mem's slack at 1 % over the best baseline's;
-every resource, end to end, in the model card): 0.824 with the model's alone; 15 / 60 /
-120 neighbours at share 0.75: 0.798 / 0.794 / 0.795; 30 at shares 0.5 / 1: 0.800 /
-0.798; with 60, a pattern of 6 / 24 values 0.806 / 0.794, a library of 4032 rows 0.795. Tried there and not kept: the
-outcomes as changes from each moment's last value added to the last value now (0.804);
-averaging after calibrating each source on its own (0.791, but q0.9 coverage 0.911);
-weighing the model and the analog per workload by their recent pinball loss (0.791);
-the analog's spread as the calibration's normaliser (0.796). One search for both: the
-quantiles cost a second partition of the distances per row.
+The same search gives the **analog quantiles**: the mean of the ``QUANTILES`` of the
+outcomes of the ``ANALOG_CLOSE`` (15) and of the ``ANALOG_SPREAD`` (60) closest moments
+(the closest count twice), NaN until 60 are known. They say how far this workload's next
+value strays from moments like now, and how often: ``prae.model.combination.blend_analog``
+averages them with the model's quantiles before the calibration. Chosen on the 40
+validation VMs, replaying the backtest's stored forecasts through the blend, the
+calibration and the allocation (mem's slack at 1 % over the best baseline's; every
+resource, end to end, in the model card): 0.824 with the model's alone; the 60 closest
+alone at share 0.75: 0.794 (15 / 120 closest: 0.798 / 0.795; 30 at shares 0.5 / 1: 0.800 /
+0.798; a pattern of 6 / 24 values 0.806 / 0.794, a library of 4032 rows 0.795); the mean
+of the 15 and the 60: 0.788 (of 30 and 60: 0.791; of 15, 30 and 60: 0.789; of 15, 60 and
+120: 0.788). Tried there and not kept: the outcomes as changes from each moment's last
+value added to the last value now (0.804); averaging after calibrating each source on its
+own (0.791, but q0.9 coverage 0.911); weighing the model and the analog per workload by
+their recent pinball loss (0.791); the analog's spread as the calibration's normaliser
+(0.796); cpu/disk/net's tail choice for mem too (0.793 end to end, against 0.794). One
+search gives the median and the quantiles; one partition of the distances finds the 10th,
+15th and 60th closest (0.31 -> 0.37 ms per engine call in a micro-bench at 4096 rows).
 
 The backtest computes every row at once (``analog_track``), the live engine the newest row
 of a workload's bounded history (``analog_now``). The distances are summed in one fixed
@@ -67,6 +71,7 @@ ANALOG: tuple[str, ...] = ("analog",)
 ANALOG_PATTERN = 12  # values compared (an hour of 5-min steps)
 ANALOG_NEIGHBOURS = 10  # closest past moments whose outcomes are taken
 ANALOG_SPREAD = 60  # closest past moments whose outcomes give the analog quantiles (below)
+ANALOG_CLOSE = 15  # the closest of those, whose quantiles are averaged with those of all 60
 ANALOG_LIBRARY = 2016  # past moments searched, the newest first (a week of 5-min steps)
 _DTYPE = np.float32  # distances: half the memory traffic of float64; the outcomes stay float64
 _BLOCK = 256  # rows per block of the backtest's pass (memory: ~_BLOCK x library x R floats)
@@ -169,8 +174,8 @@ def _nearest(d: np.ndarray, kth: np.ndarray, k: int) -> np.ndarray:
 
 
 def _outcomes_of_nearest(dist: np.ndarray, own: np.ndarray, values: np.ndarray, first: int) -> AnalogRows:
-    """The median outcome of the ``ANALOG_NEIGHBOURS`` nearest moments and the quantiles of
-    the outcomes of the ``ANALOG_SPREAD`` nearest.
+    """The median outcome of the ``ANALOG_NEIGHBOURS`` nearest moments, and the mean of the
+    quantiles of the outcomes of the ``ANALOG_CLOSE`` and of the ``ANALOG_SPREAD`` nearest.
 
     dist: (R, n, lib + 1) distances of rows first .. first + n - 1 of ``values`` (R, ...)
     to the moments 0 .. lib back (inf: not usable); own: (R, n) whether the row's own
@@ -182,24 +187,30 @@ def _outcomes_of_nearest(dist: np.ndarray, own: np.ndarray, values: np.ndarray, 
     if not ok.any():
         return out
     d = dist[ok]  # (N, lib + 1), the newest moment first
-    # one partition finds both k-th distances (a second one cost ~0.1 ms per engine call)
-    ks = sorted({ANALOG_NEIGHBOURS, min(ANALOG_SPREAD, d.shape[-1])})
-    part = np.partition(d, [k - 1 for k in ks], axis=-1)
+    # one partition finds every k-th distance (a second one cost ~0.1 ms per engine call)
+    part = np.partition(d, [ANALOG_NEIGHBOURS - 1, ANALOG_CLOSE - 1, ANALOG_SPREAD - 1], axis=-1)
     r_idx, i_idx = np.nonzero(ok)
-    for k in (ANALOG_NEIGHBOURS, ANALOG_SPREAD):
-        rows = usable[ok] >= k
-        if not rows.any():
-            continue
-        every = bool(rows.all())  # the usual case: no copies
-        near = _nearest(d if every else d[rows], part[:, k - 1 : k] if every else part[rows, k - 1 : k], k)
-        # the outcome of moment j back is the value at l + lead = row - j
-        where = (r_idx, i_idx) if every else (r_idx[rows], i_idx[rows])  # (R, n) positions
+
+    def outcomes(rows: np.ndarray | None, k: int) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
+        """(R, n) positions of ``rows`` (None: all; no copies) and their k nearest
+        moments' outcomes, sorted: (N, k). The outcome of moment j back is the value at
+        l + lead = row - j."""
+        if rows is None:
+            where, near = (r_idx, i_idx), _nearest(d, part[:, k - 1 : k], k)
+        else:
+            where, near = (r_idx[rows], i_idx[rows]), _nearest(d[rows], part[rows, k - 1 : k], k)
         vals = values[where[0][:, None], first + where[1][:, None] - near]
         vals.sort(axis=-1)
-        if k == ANALOG_NEIGHBOURS:
-            out.median.T[where] = (vals[:, (k - 1) // 2] + vals[:, k // 2]) / 2
-        else:
-            out.quantiles.transpose(1, 0, 2)[where] = _sorted_quantiles(vals, QUANTILES)
+        return where, vals
+
+    where, vals = outcomes(None, ANALOG_NEIGHBOURS)
+    out.median.T[where] = (vals[:, (ANALOG_NEIGHBOURS - 1) // 2] + vals[:, ANALOG_NEIGHBOURS // 2]) / 2
+    spread = usable[ok] >= ANALOG_SPREAD
+    if spread.any():
+        rows = None if spread.all() else spread
+        (where, close), (_, wide) = outcomes(rows, ANALOG_CLOSE), outcomes(rows, ANALOG_SPREAD)
+        both = _sorted_quantiles(close, QUANTILES) + _sorted_quantiles(wide, QUANTILES)
+        out.quantiles.transpose(1, 0, 2)[where] = both / 2
     return out
 
 

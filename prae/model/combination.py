@@ -325,9 +325,11 @@ def centre_on(q: np.ndarray, median: np.ndarray, quantiles: tuple[float, ...] = 
 
 
 # The analog quantiles' share of the blend (``blend_analog``). Chosen on 40 validation
-# Bitbrains VMs (lead 900 s; mem's slack at 1 % over the best baseline's, the calibration
-# and the allocation as shipped): the model's quantiles alone 0.824; analog shares 0.5 /
-# 0.75 / 1: 0.799 / 0.794 / 0.798 (60 neighbours; 15 / 120 gave 0.798 / 0.795 at 0.75).
+# Bitbrains VMs (lead 900 s; mem's slack at 1 % over the best baseline's, replaying the
+# backtest's stored forecasts through the calibration and the allocation as shipped): the
+# model's quantiles alone 0.824; with the 60 closest moments' quantiles at shares 0.5 /
+# 0.75 / 1: 0.799 / 0.794 / 0.798; with the mean of the 15 and the 60 closest (shipped) at
+# 0.75 / 0.85 / 1: 0.788 / 0.788 / 0.792.
 ANALOG_WEIGHT = 0.75
 
 
@@ -336,8 +338,9 @@ def blend_analog(
 ) -> np.ndarray:
     """The quantiles the calibration gets: the model's, already on the chosen median
     (``centre_on``), averaged level by level with the analog quantiles
-    (``prae.model.analogs``: the outcomes of the 60 past moments of the workload's own
-    history most like now) moved onto the same median; the median stays the chosen one.
+    (``prae.model.analogs``: of the outcomes of the 15 and the 60 past moments of the
+    workload's own history most like now) moved onto the same median; the median stays the
+    chosen one.
 
     Why: the model knows the shape of the next values on average over the VMs it was
     trained on; the moments of this workload's own week that looked like now say how far
