@@ -326,7 +326,7 @@ def chosen_points(
     # as the engine's tracker: the samples are the steps (runs shorter than the periodic
     # candidate's history get none of the seasonal ones; the analog needs lead + 21 samples)
     step_s = float(np.median(np.diff(run.live_ts))) if len(run.live_ts) > 1 else 1.0
-    history = np.stack([history_track(y, k, step_s)[steps] for k in range(1, h + 1)], axis=1)
+    history = np.stack([history_track(y, k, step_s).candidates[steps] for k in range(1, h + 1)], axis=1)
     if with_shadow:
         now_all = aligned_shadow(run, 0)
         now = now_all[steps][:, None, :]
