@@ -307,7 +307,9 @@ def test_analog_quantiles_narrow_the_calm_steps_of_a_workload_that_spikes_on_a_s
     values = np.stack([cpu, mem, rng.exponential(1e6, n), rng.exponential(1e5, n)], axis=1)
     series = [Series("spiky", 1_700_000_000.0, float(STEP), values, "test")]
     runs = {
-        w: run_backtest(series, Predictor.create(TINY, seed=0), BacktestConfig(retrain_every_s=None, analog_weight=w))
+        w: run_backtest(
+            series, Predictor.create(TINY, seed=0), BacktestConfig(retrain_every_s=None, analog_weight=w)
+        )
         for w in (0.0, 0.75)
     }
     rows = np.arange(n)

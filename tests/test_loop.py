@@ -324,7 +324,8 @@ def test_tracker_searches_the_analog_candidate_unless_the_config_turns_it_off(tm
     from prae.model.combination import blend_analog, centre_on
 
     for tr in (on, off):
-        tr.live.extend([TelemetrySample(ts=float(t), cpu=shape[t % 6], mem=1.0, disk=1.0, net=1.0) for t in range(60, 420)])
+        more = range(60, 420)
+        tr.live.extend([TelemetrySample(ts=float(t), cpu=shape[t % 6], mem=1.0, disk=1.0, net=1.0) for t in more])
     cand_on, _, analog_on = on.point_inputs(raw_median, 2)
     assert analog_on[cpu].tolist() == [shape[(419 + 2) % 6]] * len(QUANTILES)
     raw = np.sort(np.random.default_rng(0).gamma(2.0, 1.0, (len(RESOURCES), len(QUANTILES))), axis=-1)

@@ -553,7 +553,8 @@ def test_analog_quantiles_are_the_outcomes_of_the_nearest_moments() -> None:
         dist = np.array([np.abs(y[m - ANALOG_PATTERN + 1 : m + 1, 0] - pat).sum() for m in moments])
         order = np.lexsort((-moments, dist))  # nearest first, ties newest first
         outcome = y[moments[order] + lead, 0]
-        want = (np.quantile(outcome[:ANALOG_CLOSE], QUANTILES) + np.quantile(outcome[:ANALOG_SPREAD], QUANTILES)) / 2
+        close, wide = outcome[:ANALOG_CLOSE], outcome[:ANALOG_SPREAD]
+        want = (np.quantile(close, QUANTILES) + np.quantile(wide, QUANTILES)) / 2
         np.testing.assert_allclose(q, want, rtol=1e-12)
         # the nearest moments are at the target's phase: its level, not the other phases'
         target_level = cycle[(row + lead) % 6]

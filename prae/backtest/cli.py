@@ -75,7 +75,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-analog",
         action="store_true",
-        help="leave out the analog point candidate and quantiles (as predictor.analog_candidate: false does live)",
+        help="leave out the analog point candidate and quantiles "
+        "(as predictor.analog_candidate: false does live)",
     )
     parser.add_argument(
         "--analog-weight",

@@ -105,8 +105,9 @@ def _window_sums(a: np.ndarray, m: int) -> np.ndarray:
 
 class AnalogRows(NamedTuple):
     """What the search gives for rows of a series: the point candidate, the median outcome
-    of the ``ANALOG_NEIGHBOURS`` nearest moments, (..., R); and the ``QUANTILES`` of the
-    outcomes of the ``ANALOG_SPREAD`` nearest, (..., R, Q). NaN where not known."""
+    of the ``ANALOG_NEIGHBOURS`` nearest moments, (..., R); and the analog quantiles, the
+    mean of the ``QUANTILES`` of the outcomes of the ``ANALOG_CLOSE`` and of the
+    ``ANALOG_SPREAD`` nearest, (..., R, Q). NaN where not known."""
 
     median: np.ndarray
     quantiles: np.ndarray
@@ -245,7 +246,8 @@ def analog_now(values: np.ndarray, lead: int) -> AnalogRows:
     values = np.asarray(values, dtype=np.float64)
     n, lead = len(values), int(lead)
     if n < lead + ANALOG_PATTERN + ANALOG_NEIGHBOURS - 1:  # fewer past moments than neighbours
-        return AnalogRows(np.full(values.shape[1], np.nan), np.full((values.shape[1], len(QUANTILES)), np.nan))
+        r_n = values.shape[1]
+        return AnalogRows(np.full(r_n, np.nan), np.full((r_n, len(QUANTILES)), np.nan))
     keep = min(n, analog_reach(lead))
     rows = _analog_rows(_prepare(values[n - keep :], lead, analog_reach(lead) - keep), keep - 1, keep, lead)
     return AnalogRows(rows.median[0], rows.quantiles[0])

@@ -38,7 +38,8 @@ def history_track(y: np.ndarray, lead: int, step_s: float, *, analog: bool = Tru
         median, quantiles = found.median, found.quantiles
     else:
         median, quantiles = np.full(y.shape, np.nan), np.full((*y.shape, len(QUANTILES)), np.nan)
-    return HistoryRows(np.concatenate([seasonal_track(y, lead, step_s), median[..., None]], axis=-1), quantiles)
+    candidates = np.concatenate([seasonal_track(y, lead, step_s), median[..., None]], axis=-1)
+    return HistoryRows(candidates, quantiles)
 
 
 class HistoryNow:
