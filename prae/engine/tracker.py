@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from prae.config import WorkloadSpec
+from prae.model.analogs import AnalogRows
 from prae.model.calibration import CalibrationBank
 from prae.model.combination import (
     CANDIDATES,
@@ -374,7 +375,7 @@ class WorkloadTracker:
         nan = np.full(len(RESOURCES), np.nan)
         last = np.array(self.live.values[-1]) if len(self.live) else nan
         now, ahead, ratio = nan, nan, nan
-        history, analog = None, np.full((len(RESOURCES), len(QUANTILES)), np.nan)
+        history, analog = None, AnalogRows.unknown((len(RESOURCES),)).quantiles
         if len(self.live):
             now, ahead = self.aligned_now()[-1], self.aligned_shadow(lead_steps, rows=1)[-1]
             ratio = self.level_ratio_now()

@@ -13,9 +13,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from prae.model.analogs import ANALOG, analog_now, analog_track
+from prae.model.analogs import ANALOG, AnalogRows, analog_now, analog_track
 from prae.model.seasonal import SEASONAL, SeasonalNow, seasonal_track
-from prae.resources import QUANTILES
 
 HISTORY: tuple[str, ...] = (*SEASONAL, *ANALOG)
 
@@ -33,13 +32,9 @@ def history_track(y: np.ndarray, lead: int, step_s: float, *, analog: bool = Tru
     <= t only. ``analog`` False: the analog's column and quantiles NaN (no weight in the
     choice, the model's quantiles alone) and its search not run."""
     y = np.asarray(y, dtype=np.float64)
-    if analog:
-        found = analog_track(y, lead)
-        median, quantiles = found.median, found.quantiles
-    else:
-        median, quantiles = np.full(y.shape, np.nan), np.full((*y.shape, len(QUANTILES)), np.nan)
-    candidates = np.concatenate([seasonal_track(y, lead, step_s), median[..., None]], axis=-1)
-    return HistoryRows(candidates, quantiles)
+    found = analog_track(y, lead) if analog else AnalogRows.unknown(y.shape)
+    candidates = np.concatenate([seasonal_track(y, lead, step_s), found.median[..., None]], axis=-1)
+    return HistoryRows(candidates, found.quantiles)
 
 
 class HistoryNow:
@@ -55,10 +50,5 @@ class HistoryNow:
         last being the newest. Returns the candidates (R, H) and analog quantiles (R, Q)
         issued now for ``lead`` rows on."""
         seasonal = self._seasonal(values, total, lead, step_s)
-        r_n = seasonal.shape[0]
-        if self._analog:
-            found = analog_now(values, lead)
-            median, quantiles = found.median, found.quantiles
-        else:
-            median, quantiles = np.full(r_n, np.nan), np.full((r_n, len(QUANTILES)), np.nan)
-        return HistoryRows(np.concatenate([seasonal, median[:, None]], axis=-1), quantiles)
+        found = analog_now(values, lead) if self._analog else AnalogRows.unknown(seasonal.shape[:1])
+        return HistoryRows(np.concatenate([seasonal, found.median[:, None]], axis=-1), found.quantiles)
