@@ -465,13 +465,14 @@ def run_backtest(series: list[Series], predictor: Predictor, cfg: BacktestConfig
     # blended with the analog quantiles, and the calibration adjusts (and learns from)
     # those, so the interval follows the median
     t0 = time.perf_counter()
-    history = history_grid(grid, lead, analog=cfg.analog)
     centred = raw
-    if cfg.median_half_life is not None:
-        centred = centre_on(raw, choose_median(grid, raw, cfg, lead, history.candidates))
-    if cfg.analog_weight > 0:
-        centred = blend_analog(centred, history.analog_quantiles, cfg.analog_weight)
-    del history
+    if cfg.median_half_life is not None or cfg.analog_weight > 0:
+        history = history_grid(grid, lead, analog=cfg.analog)
+        if cfg.median_half_life is not None:
+            centred = centre_on(raw, choose_median(grid, raw, cfg, lead, history.candidates))
+        if cfg.analog_weight > 0:
+            centred = blend_analog(centred, history.analog_quantiles, cfg.analog_weight)
+        del history
     timed("point", t0)
 
     t0 = time.perf_counter()
