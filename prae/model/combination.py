@@ -362,7 +362,7 @@ def blend_analog(
     analog = np.asarray(analog, dtype=np.float64)
     i50 = list(quantiles).index(0.5)
     med = q[..., i50 : i50 + 1]
-    out = (1.0 - weight) * q + weight * (analog - analog[..., i50 : i50 + 1] + med)  # non-decreasing
+    out = (1.0 - weight) * q + weight * centre_on(analog, med[..., 0], quantiles)  # non-decreasing
     # both are on the median: keep it exactly, and the levels around it on their side
     out[..., :i50] = np.minimum(out[..., :i50], med)
     out[..., i50] = med[..., 0]
