@@ -31,6 +31,11 @@ with it, 0.63 s without; ``predictor.analog_candidate: false`` turns it off). Ca
 row to row (each node of ``_window_sums``' tree is the same for every row that uses it) was
 tried: bit for bit the same, 0.18 ms in the micro-bench, but the loop's tick only went from
 167 to 157 ms at 100 workloads, for ~1-2 MB of kept sums per workload. Not kept.
+One search for many workloads at once (their histories side by side as columns of one
+array: bit for bit the same per workload) was slower, not faster: at 1000 random-walk
+workloads of 4 resources, lead 30, 0.40 ms each one by one, 2.7 ms each in one array
+(its temporaries leave the cache) and 0.40 ms in arrays of 32. The cost is the arithmetic
+over the library, not the calls (2026-11-30).
 
 The same search gives the **analog quantiles**: the mean of the ``QUANTILES`` of the
 outcomes of the ``ANALOG_CLOSE`` (15) and of the ``ANALOG_SPREAD`` (60) closest moments
