@@ -51,9 +51,9 @@ def test_increment_quantiles_are_the_last_value_plus_the_quantiles_of_recent_cha
 def test_tail_selector_takes_the_tighter_calibrated_tail_only_for_its_resources():
     """A disk idling at 1 with a burst to 9 every 20 steps: the model's tail above 0.9 is 30
     (far too loose), the increments' tail knows the bursts. After 20 outcomes disk takes the
-    increments' upper levels, memory (not a tail resource) keeps the model's, and q0.1 and the
-    median never change."""
-    sel = TailSelector(1, R, half_life=100.0)
+    increments' upper levels, memory (left out of this selector's resources) keeps the
+    model's, and q0.1 and the median never change."""
+    sel = TailSelector(1, R, half_life=100.0, resources=("cpu", "disk", "net"))
     idx = np.zeros(1, np.int64)
     model = np.tile(np.array([0.5, 1.0, 30.0, 40.0, 50.0]), (1, R, 1))
     rng = np.random.default_rng(0)
@@ -78,12 +78,13 @@ def test_tail_selector_takes_the_tighter_calibrated_tail_only_for_its_resources(
         TailSelector(1, R, resources=("gpu",))
 
 
-def test_the_backtest_chooses_tails_causally_and_not_for_memory():
+def test_the_backtest_chooses_tails_causally_and_only_for_its_resources():
     """``choose_tail`` on a disk that idles at 1 with a burst every 10 steps, forecast with a
     loose tail (q0.9.. = 20, 30, 40): after warm-up its tails are the increments' (much
     tighter); a CPU that swings between 3 and 1 cores takes its tail from the hour's peak
-    (3, never 3 + 2); memory's is untouched; and a forecast issued at t does not change
-    when values after t change."""
+    (3, never 3 + 2); a flat memory takes its last value (a change of 0), but not when the
+    config leaves memory out; and a forecast issued at t does not change when values after
+    t change."""
     from prae.backtest.runner import BacktestConfig, Grid, choose_tail
 
     t_n, lead = 400, 3
@@ -98,7 +99,10 @@ def test_the_backtest_chooses_tails_causally_and_not_for_memory():
     top = out[0, late, DISK][:, UPPER].max(axis=-1)  # was 40: now the last value + a burst's +5
     assert (top <= np.where(y[0, late, DISK] > 1.0, 11.0, 6.0)).all()
     np.testing.assert_allclose(out[0, late, CPU][:, UPPER], 3.0)
-    np.testing.assert_array_equal(out[0, :, MEM], cal[0, :, MEM])
+    np.testing.assert_array_equal(out[0, late, MEM][:, UPPER], 1.0)  # default: memory is a tail resource
+    without_mem = choose_tail(grid, cal, BacktestConfig(tail_resources=("cpu", "disk", "net")), lead)
+    np.testing.assert_array_equal(without_mem[0, :, MEM], cal[0, :, MEM])
+    np.testing.assert_array_equal(without_mem[0, :, DISK], out[0, :, DISK])
     np.testing.assert_array_equal(out[0, late, DISK][:, ~UPPER], cal[0, late, DISK][:, ~UPPER])
     future = y.copy()
     future[0, 300:, DISK] = 50.0

@@ -70,7 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--tail-resources",
         default=None,
         help="resources whose levels >= q0.9 may come from their own recent changes "
-        "(default prae.model.tails.TAIL_RESOURCES: cpu,disk,net; 'none' = the model's tail for all)",
+        "(default prae.model.tails.TAIL_RESOURCES: cpu,mem,disk,net; 'none' = the model's tail for all)",
     )
     parser.add_argument(
         "--no-analog",

@@ -13,7 +13,7 @@ policy sees the forecasts issued at t. ``run_backtest`` is a list of named, time
                 onto it and blended with the analog quantiles (the outcomes of the
                 moments of the series' own week most like now)
     calibrate   online conformal adjustment, step by step, vectorised over series
-    tail        per series, cpu, disk and net take the levels >= q0.9 from an anchor (the
+    tail        per series, each resource takes the levels >= q0.9 from an anchor (the
                 last value; cpu's peak of the last hour) plus the series' own recent
                 changes from it, where that tail has had the smaller recent pinball loss
                 (prae.model.tails)

@@ -18,7 +18,7 @@ predictor that Serve and ``prae backtest`` share. No Ray import anywhere in here
                     and a week before the target
     tails.py        TailChoice: per workload, the model's tail or an anchor (the last
                     value; cpu's hour peak) plus the workload's own recent changes
-                    (cpu, disk and net)
+                    (every resource)
 """
 
 from prae.model.calibration import CalibrationBank, ConformalCalibrator

@@ -52,7 +52,8 @@ of the 15 and the 60: 0.788 (of 30 and 60: 0.791; of 15, 30 and 60: 0.789; of 15
 value added to the last value now (0.804); averaging after calibrating each source on its
 own (0.791, but q0.9 coverage 0.911); weighing the model and the analog per workload by
 their recent pinball loss (0.791); the analog's spread as the calibration's normaliser
-(0.796); cpu/disk/net's tail choice for mem too (0.793 end to end, against 0.794). One
+(0.796); cpu/disk/net's tail choice for mem too (0.793 end to end, against 0.794: since
+2026-11-30 it is on, for steady memory; ``prae.model.tails``). One
 search gives the median and the quantiles; one partition of the distances finds the 10th,
 15th and 60th closest (0.31 -> 0.37 ms per engine call in a micro-bench at 4096 rows).
 
