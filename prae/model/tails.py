@@ -61,8 +61,8 @@ scaled by the window's mean: far looser than what the series itself does, and th
 calibration, which shifts each level by the quantile of its recent misses, cannot make it
 as sharp as the series' own changes. Slack at 1 % over the best baseline's, ``prae
 backtest`` at lead 900 s with the model's tail -> with the choice:
-- the Alibaba sample (16 machines, 8 days): mem 1.775 -> 1.090 (Autopilot's is the best);
-- the Google sample (19 tasks): mem 1.805 -> 1.316 (the max of the last hour's);
+- the Alibaba sample (16 machines, 8 days): mem 1.775 -> 1.090 (best baseline: Autopilot);
+- the Google sample (19 tasks): mem 1.805 -> 1.316 (best baseline: the last hour's max);
 - Bitbrains, where memory swings: the 40 validation VMs 0.790 -> 0.787, the 100 held-out
   VMs 0.760 -> 0.759; the other resources do not move (the choice is per resource).
 From the hour's peak instead of the last value: Alibaba 1.142, Google 1.146. It was left
