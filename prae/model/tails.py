@@ -70,7 +70,8 @@ not run on Bitbrains with this pipeline, so the last value (which was) stays. It
 out before because on the 25 training VMs, before the analog quantiles and the
 calibration by the recent error, it made mem worse (0.835 -> 0.851, above); with them it
 no longer does, and the Bitbrains figures above are within the noise of a variant, so the
-steady traces decide. The three traces' samples were in the model's training data.
+steady traces decide. The Alibaba and Google samples were in the model's training data
+(the held-out Bitbrains VMs were not).
 """
 
 from __future__ import annotations
