@@ -328,3 +328,17 @@ def test_analog_quantiles_narrow_the_calm_steps_of_a_workload_that_spikes_on_a_s
     np.testing.assert_array_equal(
         runs[0.75].calibrated[0, early], runs[0.0].calibrated[0, early]
     )
+
+
+def test_the_tail_resources_help_names_the_default_the_code_uses() -> None:
+    """The flag's help spells the default out (the CLI does not import the model package,
+    and its torch, to build the parser); it must say what ``TAIL_RESOURCES`` is."""
+    import argparse
+
+    from prae.backtest.cli import add_arguments
+    from prae.model.tails import TAIL_RESOURCES
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    action = next(a for a in parser._actions if "--tail-resources" in a.option_strings)
+    assert f"TAIL_RESOURCES: {','.join(TAIL_RESOURCES)};" in (action.help or "")
