@@ -1,12 +1,13 @@
-"""The per-workload tail choice: the model's calibrated tail or the last value plus the
-workload's own recent changes (prae.model.tails), in the backtest and the live tracker."""
+"""The per-workload tail choice: the model's calibrated tail, the last value plus the
+workload's own recent changes, and its own recent values, weighted by their recent losses
+(prae.model.tails), in the backtest and the live tracker."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from prae.model.tails import IncrementQuantiles, TailSelector, tail_anchor
+from prae.model.tails import IncrementQuantiles, TailChoice, TailSelector, tail_anchor
 from prae.resources import QUANTILES, RESOURCES
 
 R = len(RESOURCES)
@@ -48,34 +49,78 @@ def test_increment_quantiles_are_the_last_value_plus_the_quantiles_of_recent_cha
         IncrementQuantiles(1, ("disk", "gpu"))
 
 
-def test_tail_selector_takes_the_tighter_calibrated_tail_only_for_its_resources():
+def test_tail_selector_weighs_the_tighter_calibrated_tails_only_for_its_resources():
     """A disk idling at 1 with a burst to 9 every 20 steps: the model's tail above 0.9 is 30
-    (far too loose), the increments' tail knows the bursts. After 20 outcomes disk takes the
-    increments' upper levels, memory (left out of this selector's resources) keeps the
-    model's, and q0.1 and the median never change."""
-    sel = TailSelector(1, R, half_life=100.0, resources=("cpu", "disk", "net"))
+    (far too loose), the increments' and the values' tails know the bursts. After 20
+    outcomes disk's upper levels are those two tails' weighted mean (the model's weight is
+    ~0), net (a hard-choice resource) takes the better one alone, memory (left out of this
+    selector's resources) keeps the model's, and q0.1 and the median never change."""
+    sel = TailSelector(1, R, half_life=100.0, resources=("cpu", "disk", "net"), hard=("net",))
     idx = np.zeros(1, np.int64)
     model = np.tile(np.array([0.5, 1.0, 30.0, 40.0, 50.0]), (1, R, 1))
     rng = np.random.default_rng(0)
     for t in range(40):
         y = np.full((1, R), 9.0 if t % 20 == 19 else 1.0)
         inc = np.tile(np.array([1.0, 1.0, 1.0, 9.0, 9.0]) + rng.normal(0, 0.01, 5), (1, R, 1))
-        cand = np.stack([model, np.sort(inc, axis=-1)], axis=-2)  # (1, R, 2, Q)
+        values = np.tile(np.array([1.0, 1.0, 1.0, 5.0, 9.0]), (1, R, 1))
+        cand = np.stack([model, np.sort(inc, axis=-1), values], axis=-2)  # (1, R, 3, Q)
         out = sel.select(idx, cand)[0]
         if t < 20:  # the model stands until MIN_OUTCOMES
             np.testing.assert_array_equal(out, model[0])
         sel.update(idx, cand, y)
     out = sel.select(idx, cand)[0]
-    assert sel.choice(idx)[0, DISK] == 1 and sel.choice(idx)[0, MEM] == 0
-    np.testing.assert_allclose(out[DISK, UPPER], np.maximum.accumulate(cand[0, DISK, 1])[UPPER])
+    w = sel.mix_weights(idx)[0]
+    assert w[DISK, 0] < 1e-9 and w[DISK, 1:].min() > 0.01  # both own tails count
+    np.testing.assert_allclose(out[DISK, UPPER], (w[DISK, 1:, None] * cand[0, DISK, 1:, UPPER.nonzero()[0]].T).sum(0), rtol=1e-9)
+    net = RESOURCES.index("net")
+    np.testing.assert_array_equal(out[net, UPPER], np.maximum.accumulate(cand[0, net, sel.choice(idx)[0, net]])[UPPER])
+    assert sel.choice(idx)[0, net] in (1, 2) and sel.choice(idx)[0, MEM] == 0
     np.testing.assert_array_equal(out[DISK, ~UPPER], model[0, DISK, ~UPPER])
     np.testing.assert_array_equal(out[MEM], model[0, MEM])
     assert (np.diff(out, axis=-1) >= 0).all()
-    # an unknown increments tail (NaN) is never used, and scores as the model's
-    cand[..., 1, :] = np.nan
+    # an unknown tail (NaN) is never used, and scores as the model's
+    cand[..., 1:, :] = np.nan
     np.testing.assert_array_equal(sel.select(idx, cand)[0], model[0])
     with pytest.raises(ValueError, match="unknown tail resource"):
         TailSelector(1, R, resources=("gpu",))
+
+
+def test_tail_weights_follow_the_losses_and_agreeing_tails_give_their_value_exactly():
+    """Two own tails whose losses differ by 5 %: weights 1 : exp(-20 * 0.05) (the median's
+    rule). Where the candidates issue the same value (a pinned workload: 0.7 at every level),
+    the tail is 0.7 exactly -- a weighted sum rounded under it would make a tie a miss."""
+    sel = TailSelector(1, R, half_life=1e9, resources=("cpu",), hard=())
+    idx = np.zeros(1, np.int64)
+    sel.err[0, CPU] = [10.0, 1.0, 1.05]
+    sel.weight[0, CPU] = 1.0
+    sel.count[0, CPU] = 100
+    w = sel.mix_weights(idx)[0, CPU]
+    np.testing.assert_allclose(w, np.array([0.0, 1.0, np.exp(-1.0)]) / (1 + np.exp(-1.0)), atol=1e-12)
+    pinned = np.full((1, R, 3, len(QUANTILES)), 0.7)
+    assert (sel.select(idx, pinned)[0, CPU] == 0.7).all()
+
+
+def test_the_values_tail_is_the_quantiles_of_recent_values_and_wins_where_memory_jumps_at_random():
+    """A memory that takes a random one of 40 and 150 at every step: the last value plus
+    its changes reaches 150 + 110 after a high step, the recent values' tail is 150 at
+    most. Fed through ``TailChoice`` the values' tail has the smaller loss, so it carries
+    memory's upper levels."""
+    rng = np.random.default_rng(1)
+    choice = TailChoice(1, resources=("mem",), window=200)
+    idx = np.zeros(1, np.int64)
+    model = np.tile(np.array([30.0, 95.0, 300.0, 350.0, 400.0]), (1, R, 1))
+    y = rng.choice([40.0, 150.0], size=400)
+    pending = []
+    for t in range(400):
+        if t >= 3:
+            tails, anchor = pending[t - 3]
+            choice.learn(idx, tails, anchor, np.full((1, R), y[t]))
+        anchor = np.full((1, R), y[t])
+        out, tails = choice.issue(idx, model, anchor)
+        pending.append((tails, anchor))
+    np.testing.assert_allclose(tails[0, MEM, 2], np.quantile(y[200:], QUANTILES))  # the last 200 targets
+    assert choice.selector.choice(idx)[0, MEM] == 2
+    assert out[0, MEM, UPPER].max() <= 150.0 + 1e-9
 
 
 def test_the_backtest_chooses_tails_causally_and_only_for_its_resources():

@@ -69,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tail-resources",
         default=None,
-        help="resources whose levels >= q0.9 may come from their own recent changes "
+        help="resources whose levels >= q0.9 may come from their own recent changes and values "
         "(default prae.model.tails.TAIL_RESOURCES: cpu,mem,disk,net; 'none' = the model's tail for all)",
     )
     parser.add_argument(

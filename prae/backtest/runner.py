@@ -52,6 +52,7 @@ from prae.model.tails import (
     ANCHOR_PEAK_S,
     HOUR_PEAK_RESOURCES,
     INCREMENT_WINDOW,
+    TAIL_CANDIDATES,
     TAIL_HALF_LIFE,
     TAIL_RESOURCES,
     TailChoice,
@@ -340,10 +341,11 @@ def history_grid(grid: Grid, lead: int, *, analog: bool = True) -> HistoryRows:
 
 def choose_tail(grid: Grid, cal: np.ndarray, cfg: BacktestConfig, lead: int) -> np.ndarray:
     """Calibrated quantiles (S, T, R, Q) whose levels >= q0.9 are, per series and resource
-    in ``cfg.tail_resources``, the model's or an anchor (``tail_anchor``: the last value,
-    CPU's peak of the last hour) plus the series' recent changes from it over the lead
-    (``IncrementQuantiles``), whichever had the smaller recent pinball loss
-    (``TailChoice``). Causal like ``choose_median``."""
+    in ``cfg.tail_resources``, the mean of the model's, an anchor's (``tail_anchor``: the
+    last value, CPU's peak of the last hour) plus the series' recent changes from it over
+    the lead (``IncrementQuantiles``) and its recent values' quantiles, weighted by their
+    recent pinball losses (network: the best alone; ``TailChoice``). Causal like
+    ``choose_median``."""
     # the hour's max only where it is an anchor (a window over every resource is a
     # temporary of S x T x R x 12 floats: ~330 MB for 100 VMs x 30 days)
     peak = np.full(grid.y.shape, np.nan)
@@ -352,16 +354,17 @@ def choose_tail(grid: Grid, cal: np.ndarray, cfg: BacktestConfig, lead: int) -> 
         peak[..., cols] = window_max(grid.y[..., cols], max(1, int(round(ANCHOR_PEAK_S / grid.step_s))))
     anchor = tail_anchor(last_value(grid.y), peak)
     choice = TailChoice(cal.shape[0], cfg.tail_resources, cfg.increment_window, cfg.tail_half_life)
-    increments = np.full(cal.shape, np.nan)  # the increments' tail issued at each step
+    # the other candidates' tails issued at each step (S, T, R, K - 1, Q); the model's is cal
+    others = np.full((*cal.shape[:3], len(TAIL_CANDIDATES) - 1, cal.shape[-1]), np.nan)
     out = cal.copy()
 
     def learn(idx: np.ndarray, tt: int, t: int) -> None:
-        tails = np.stack([cal[idx, tt], increments[idx, tt]], axis=-2)
+        tails = np.concatenate([cal[idx, tt][..., None, :], others[idx, tt]], axis=-2)
         choice.learn(idx, tails, anchor[idx, tt], grid.y[idx, t])
 
     def act(idx: np.ndarray, t: int) -> None:
         out[idx, t], tails = choice.issue(idx, cal[idx, t], anchor[idx, t])
-        increments[idx, t] = tails[..., 1, :]
+        others[idx, t] = tails[..., 1:, :]
 
     walk_causally(~np.isnan(cal[..., 0, 0]), lead, learn, act)
     return out

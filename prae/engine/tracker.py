@@ -158,7 +158,7 @@ class PointInputs(NamedTuple):
 
 class IssuedForecast(NamedTuple):
     """What ``issue_forecasts`` issues: the quantiles (R, Q) to act on, and what to score
-    when the target comes: the point candidates (R, K), the tails (R, 2, Q), the anchor
+    when the target comes: the point candidates (R, K), the candidate tails (R, 3, Q), the anchor
     (R,) the increments' tail was measured from, the calibration's own quantiles (R, Q)
     before the tail's choice (its coverage and adaptive levels count those, as the
     backtest's), and what it calibrated: the model's quantiles moved onto the chosen median
@@ -195,9 +195,10 @@ class LearningState:
         self.median = MedianSelector(
             self.size, len(RESOURCES), half_life=median_half_life, n_candidates=len(CANDIDATES)
         )
-        # The backtest's tail choice too (prae.backtest.runner.choose_tail): cpu, disk and
-        # net may take their levels >= q0.9 from an anchor (the last value; cpu's peak of
-        # the last hour) plus the workload's own changes from it.
+        # The backtest's tail choice too (prae.backtest.runner.choose_tail): every
+        # resource's levels >= q0.9 weigh the model's tail, an anchor (the last value;
+        # cpu's peak of the last hour) plus the workload's own changes from it, and the
+        # quantiles of its own recent values by their recent losses.
         self.tails = TailChoice(self.size)
 
 

@@ -16,9 +16,9 @@ predictor that Serve and ``prae backtest`` share. No Ray import anywhere in here
                     the seasonal candidates, weighted by their recent errors
     seasonal.py     the seasonal candidates: one period (found by autocorrelation), a day
                     and a week before the target
-    tails.py        TailChoice: per workload, the model's tail or an anchor (the last
-                    value; cpu's hour peak) plus the workload's own recent changes
-                    (every resource)
+    tails.py        TailChoice: per workload, the model's tail, an anchor (the last
+                    value; cpu's hour peak) plus the workload's own recent changes, and
+                    its own recent values, weighted by their recent losses
 """
 
 from prae.model.calibration import CalibrationBank, ConformalCalibrator
