@@ -13,10 +13,10 @@ policy sees the forecasts issued at t. ``run_backtest`` is a list of named, time
                 onto it and blended with the analog quantiles (the outcomes of the
                 moments of the series' own week most like now)
     calibrate   online conformal adjustment, step by step, vectorised over series
-    tail        per series, each resource takes the levels >= q0.9 from an anchor (the
-                last value; cpu's peak of the last hour) plus the series' own recent
-                changes from it, where that tail has had the smaller recent pinball loss
-                (prae.model.tails)
+    tail        per series and resource, the levels >= q0.9 are the model's tail, an
+                anchor (the last value; cpu's peak of the last hour) plus the series' own
+                recent changes from it, and its own recent values' quantiles, weighted by
+                their recent pinball losses (network: the best alone; prae.model.tails)
     allocate    the violation-budget policy: one price per resource carried over the
                 steps (pooled over workload-steps), or per step across the series alive
     baselines   reactive, max-1h, VPA, Autopilot, seasonal naive, oracle

@@ -252,15 +252,20 @@ class TailSelector(MedianSelector):
         """(n, R, K), summing to 1: the median's rule (``MedianSelector.mix_weights``), all
         of it on ``choice``'s candidate for the ``hard`` resources, on the model's for the
         resources outside ``resources``."""
+        return self._weights(idx, known)[0]
+
+    def _weights(self, idx: np.ndarray, known: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """``mix_weights`` and the candidate with the smallest loss (n, R), which
+        ``select`` measures the others from: one choice for both."""
         k_n = len(self.names)
         soft = super().mix_weights(idx, known)
         # a weight under MIN_TAIL_WEIGHT is none: it would only nudge a tie (a pinned value
         # the other tails issue exactly) off the value by ~1e-14, which counts as covered
         soft = np.where(soft < MIN_TAIL_WEIGHT, 0.0, soft)
         soft /= soft.sum(axis=-1, keepdims=True)
-        best = np.arange(k_n) == super().choice(idx, known)[..., None]
-        w = np.where(self._hard[:, None], best, soft)
-        return np.where(self._allowed[:, None], w, np.arange(k_n) == 0)
+        k = super().choice(idx, known)
+        w = np.where(self._hard[:, None], np.arange(k_n) == k[..., None], soft)
+        return np.where(self._allowed[:, None], w, np.arange(k_n) == 0), k
 
     def select(self, idx: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         """candidates: shape (n, R, K, Q) -> the quantiles (n, R, Q): levels >= ``TAIL_FROM``
@@ -268,11 +273,11 @@ class TailSelector(MedianSelector):
         weight), the rest the model's, non-decreasing."""
         c = np.asarray(candidates, dtype=np.float64)
         known = ~np.isnan(c[..., self._upper]).any(axis=-1)  # (n, R, K)
-        w = self.mix_weights(idx, known)
+        w, k = self._weights(idx, known)
         # as the best candidate plus the others' weighted differences from it: where they
         # agree (a pinned value, a change of 0) the tail is that value exactly, not a sum
         # of weights rounded just under it, which would count a tie with it as a miss
-        best = np.take_along_axis(c, super().choice(idx, known)[..., None, None], axis=-2)
+        best = np.take_along_axis(c, k[..., None, None], axis=-2)
         gap = np.where(known[..., None], c - best, 0.0)
         mixed = best[..., 0, :] + (w[..., None] * gap).sum(axis=-2)
         return np.maximum.accumulate(np.where(self._upper, mixed, c[..., 0, :]), axis=-1)
