@@ -372,7 +372,7 @@ def test_tracker_measures_cpus_tail_from_the_peak_of_the_last_hour():
             # disk: the last value + the +2 change, weighed with its recent values (1 and 3):
             # after a low step both say 3, after a high one 5 and 3
             top = fc.quantiles[disk, upper][-1]
-            assert top == 3.0 if v == 1.0 else 3.0 < top < 5.0, (v, top)
+            assert (top == 3.0) if v == 1.0 else (3.0 < top < 5.0), (v, top)
 
 
 def test_a_workloads_next_run_starts_from_the_choice_its_last_run_learnt(tmp_path, caplog):
